@@ -1,0 +1,33 @@
+# Two commands set up a fresh machine: `make demo` and `make test`. Both create .venv, install
+# lmblocks from this checkout (OpenBLAS and TBB come as PyPI wheels) and run.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: demo test install bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# scikit-build-core keeps its build tree in build/, so re-installs only recompile what changed.
+install: $(PY)
+	$(PIP) install -q ".[test]"
+
+demo: install
+	$(PY) examples/kernels_tour.py
+
+# The whole suite on the best instruction set, then the kernel tests again with each lower path
+# forced through LMBLOCKS_ISA, as a user would force it.
+test: install
+	$(PY) -m pytest -q
+	@for isa in $$($(PY) -c "import lmblocks as lb; i = lb.cpu_info(); print(*[a for a in i['available_isas'] if a != i['best_isa']])"); do \
+		echo "== kernel tests with LMBLOCKS_ISA=$$isa"; \
+		LMBLOCKS_ISA=$$isa $(PY) -m pytest -q tests/test_ops.py || exit 1; \
+	done
+
+bench: install
+	$(PY) bench/ops.py
+
+clean:
+	rm -rf build $(VENV)

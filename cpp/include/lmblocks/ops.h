@@ -1,0 +1,71 @@
+// Tensor-level kernels. Inputs are f32, or f16/bf16 converted on the way in; results are f32.
+// `out`, when given, must be a contiguous, writable f32 tensor of the result's shape; it may be the
+// same memory as an elementwise input (in place) but may not partly overlap any input.
+// Shape letters: B batch, T query tokens, S key tokens, H heads, Hkv kv heads, hd head dim, D model dim.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "lmblocks/tensor.h"
+
+namespace lb::ops {
+
+// a (..., M, K) @ b (..., K, N) -> (..., M, N); batch dims broadcast; 1-D operands as in np.matmul.
+Tensor matmul(const Tensor& a, const Tensor& b, Tensor out = {});
+// x (..., K) @ weight (N, K)^T + bias (N,) -> (..., N)
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = {}, Tensor out = {});
+
+// x (..., D) / sqrt(mean(x^2) + eps) * (offset + weight (D,)); no weight means 1. Gemma uses offset 1.
+Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps, float offset = 0.f, Tensor out = {});
+// (x - mean) / sqrt(var + eps) * weight + bias over the last axis; weight/bias optional.
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps, Tensor out = {});
+// exp(x - max) / sum(exp(x - max)) along `axis`.
+Tensor softmax(const Tensor& x, int axis = -1, Tensor out = {});
+
+enum class Gelu { erf, tanh };
+Tensor silu(const Tensor& x, Tensor out = {});
+Tensor gelu(const Tensor& x, Gelu approx = Gelu::erf, Tensor out = {});
+// silu(gate) * up / gelu(gate) * up. An undefined `up` means gate holds [gate | up] on its last axis.
+Tensor swiglu(const Tensor& gate, const Tensor& up, Tensor out = {});
+Tensor geglu(const Tensor& gate, const Tensor& up, Gelu approx = Gelu::erf, Tensor out = {});
+
+// Rotary position embedding. Angles are pos * inv_freq[i], inv_freq[i] = theta^(-2i/rotary_dim),
+// adjusted by the scaling rule ("none", "linear", "llama3"), as Hugging Face's rope_scaling.
+struct Rope {
+  double theta = 10000.0;
+  int64_t rotary_dim = 0;    // rotate the first rotary_dim features of each head; 0 means all
+  bool interleaved = false;  // pairs (2i, 2i+1) (GPT-J, llama.cpp "norm"); else halves (i, i + rd/2) (NeoX, HF)
+  std::string scaling = "none";
+  double factor = 1.0;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;
+  double original_max_position = 8192.0;
+};
+std::vector<double> rope_inv_freq(int64_t rotary_dim, const Rope& rope);
+// x (T, H, hd) or (B, T, H, hd); positions i32/i64 (T,) or (B, T), or undefined for offset + arange(T).
+Tensor rope(const Tensor& x, const Tensor& positions, int64_t offset, const Rope& rope, Tensor out = {});
+
+// ids i32/i64 (...) gathering rows of table (V, D) (f32/f16/bf16) -> (..., D) f32.
+Tensor embedding(const Tensor& ids, const Tensor& table, Tensor out = {});
+
+// NumPy-broadcast elementwise a + b and a * b.
+Tensor add(const Tensor& a, const Tensor& b, Tensor out = {});
+Tensor mul(const Tensor& a, const Tensor& b, Tensor out = {});
+
+// Reference attention. q (T, H, hd) or (B, T, H, hd); k (S, Hkv, hd); v (S, Hkv, hdv); H % Hkv == 0
+// (GQA/MQA: query head h reads kv head h / (H / Hkv)). Query t sits at position S - T + t, so S > T
+// is decode against a cache. Causal: keys j <= that position; window w > 0: also position - j < w.
+// mask: additive f32 broadcastable to (B, H, T, S). softcap c > 0: scores = c * tanh(scores / c).
+// A query that sees no key gets zeros.
+struct Attention {
+  bool causal = true;
+  int64_t window = 0;
+  float scale = 0.f;    // 0 means 1 / sqrt(hd)
+  float softcap = 0.f;
+};
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, const Attention& cfg,
+                 Tensor out = {});
+
+// Elementwise copy with conversion between plain types (any strides, same shape).
+void copy(const Tensor& src, Tensor& dst);
+
+}  // namespace lb::ops

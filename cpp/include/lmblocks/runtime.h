@@ -1,0 +1,80 @@
+// The runtime: one thread pool (oneTBB), CPU feature detection and kernel dispatch, BLAS.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace lb {
+
+// ---- Threads ----------------------------------------------------------------------------------
+// One pool for the whole library. Defaults to the cores this process may run on, or
+// LMBLOCKS_NUM_THREADS. OpenBLAS always runs single-threaded; lb::sgemm splits work over this pool,
+// so BLAS and our kernels never compete for cores.
+int num_threads();
+void set_num_threads(int n);  // n >= 1; not to be called while ops run on other threads
+
+// Calls fn(begin, end) over [0, n) in chunks of at least `grain`, on the pool. Runs inline when
+// one thread suffices. fn must not throw.
+template <class F>
+void parallel_for(int64_t n, int64_t grain, F&& fn);
+
+// Type-erased core of parallel_for (kept out of the header so TBB stays private).
+using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
+void parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx);
+
+template <class F>
+void parallel_for(int64_t n, int64_t grain, F&& fn) {
+  if (n <= 0) return;
+  if (grain < 1) grain = 1;
+  if (n <= grain || num_threads() == 1) {
+    fn(int64_t(0), n);
+    return;
+  }
+  auto tramp = [](void* ctx, int64_t b, int64_t e) { (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e); };
+  parallel_for_impl(n, grain, tramp, const_cast<void*>(static_cast<const void*>(&fn)));
+}
+
+// ---- CPU features and dispatch ------------------------------------------------------------------
+// Instruction-set levels, in order. A kernel family provides a subset; dispatch takes the best one
+// at or below the active level. x86: scalar < avx2 (AVX2+FMA+F16C) < avx512 (F+BW+DQ+VL).
+// aarch64: scalar < neon.
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3 };
+
+struct CpuFeatures {
+  std::string arch;    // "x86_64", "aarch64", ...
+  std::string vendor;
+  std::string model;
+  std::vector<std::pair<std::string, bool>> flags;  // avx2, fma, f16c, avx512f, ..., avx512_vnni, avx512_bf16
+  bool has(const std::string& flag) const;
+};
+
+const CpuFeatures& cpu_features();
+Isa best_isa();                 // what this CPU supports
+Isa active_isa();               // what kernels use now
+void set_isa(Isa isa);          // throws lb::ValueError above best_isa()
+const char* isa_name(Isa isa);
+Isa isa_from_name(const std::string& s);  // throws lb::ValueError
+bool isa_compiled(Isa isa);     // was a variant for it built into this binary
+// The ISA the env var LMBLOCKS_ISA asked for at start-up, and a warning if it could not be honoured.
+const std::string& isa_env_warning();
+
+// Kernel families register which variants they carry, so cpu_info() can say which path each uses.
+struct KernelFamily {
+  const char* name;
+  std::vector<Isa> variants;  // besides the scalar reference, which every family has
+  const char* note;           // e.g. "OpenBLAS sgemm"
+};
+std::vector<KernelFamily>& kernel_families();
+struct RegisterKernelFamily {
+  RegisterKernelFamily(const char* name, std::vector<Isa> variants, const char* note = "");
+};
+Isa resolve_isa(const std::vector<Isa>& variants);  // best variant at or below active_isa()
+
+// ---- BLAS -------------------------------------------------------------------------------------
+// Row-major C (M,N) = alpha * op(A) (M,K) @ op(B) (K,N) + beta * C, split over the pool.
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+std::string blas_info();
+
+}  // namespace lb

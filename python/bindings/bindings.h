@@ -1,0 +1,30 @@
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "lmblocks/error.h"
+#include "lmblocks/ops.h"
+#include "lmblocks/runtime.h"
+#include "lmblocks/tensor.h"
+
+namespace lb::py_bind {
+namespace py = pybind11;
+
+void register_errors(py::module_& m);
+void bind_tensor(py::module_& m);
+void bind_runtime(py::module_& m);
+void bind_ops(py::module_ m);
+void bind_bench(py::module_ m);
+
+// A Tensor from a Tensor, a NumPy array, or anything np.asarray accepts (zero-copy for arrays of a
+// supported dtype). `arg` names the argument in error messages.
+Tensor to_tensor(py::handle obj, const char* op, const char* arg);
+// An optional argument: None gives an undefined Tensor.
+Tensor to_tensor_opt(py::handle obj, const char* op, const char* arg);
+// The NumPy view of a tensor (no copy); the array keeps the tensor's memory alive.
+py::array to_numpy(const Tensor& t);
+// Results come back as the kind of the first input: Tensor in, Tensor out; otherwise NumPy.
+py::object wrap_result(const Tensor& t, py::handle like, py::handle out_arg);
+
+}  // namespace lb::py_bind

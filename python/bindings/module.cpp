@@ -1,0 +1,12 @@
+// lmblocks._core: argument conversion only; every computation lives in cpp/.
+#include "bindings.h"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "lmblocks native core";
+  m.attr("__version__") = LB_VERSION;
+  lb::py_bind::register_errors(m);
+  lb::py_bind::bind_tensor(m);
+  lb::py_bind::bind_runtime(m);
+  lb::py_bind::bind_ops(m.def_submodule("ops", "Native kernels (see lmblocks.ops for the documented API)"));
+  lb::py_bind::bind_bench(m.def_submodule("bench", "Machine ceilings measured in-process"));
+}

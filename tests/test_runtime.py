@@ -1,0 +1,159 @@
+"""The runtime: one thread pool, OpenBLAS kept single-threaded, CPU features against /proc/cpuinfo,
+ISA forcing through LMBLOCKS_ISA and lb.set_isa, the GIL released during kernels, the version."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from importlib import metadata
+
+import numpy as np
+import pytest
+
+import lmblocks as lb
+
+
+def run_py(code, **env):
+    e = dict(os.environ, **{k: str(v) for k, v in env.items()})
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=e)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_version_comes_from_one_place():
+    assert lb.__version__ == lb._core.__version__ == metadata.version("lmblocks")
+
+
+def test_set_and_get_num_threads():
+    before = lb.get_num_threads()
+    try:
+        lb.set_num_threads(1)
+        assert lb.get_num_threads() == 1
+        lb.set_num_threads(3)
+        assert lb.get_num_threads() == 3
+    finally:
+        lb.set_num_threads(before)
+    for bad in (0, -2, 100000):
+        with pytest.raises(ValueError, match="set_num_threads"):
+            lb.set_num_threads(bad)
+
+
+def test_env_sets_the_default_thread_count():
+    r = run_py("import lmblocks as lb; print(lb.get_num_threads())", LMBLOCKS_NUM_THREADS=1)
+    assert r.stdout.strip() == "1"
+    r = run_py("import os, lmblocks as lb; print(lb.get_num_threads(), len(os.sched_getaffinity(0)))")
+    n, cores = map(int, r.stdout.split())
+    assert n == cores
+
+
+CPU_RATIO = """
+import os, time, numpy as np, lmblocks as lb
+lb.set_num_threads({n})
+rng = np.random.default_rng(0)
+a = rng.standard_normal((1536, 1536), dtype=np.float32)
+x = rng.standard_normal((2048, 4096), dtype=np.float32)
+lb.ops.matmul(a, a); lb.ops.rms_norm(x)                     # warm up pools
+t0, c0 = time.perf_counter(), time.process_time()
+for _ in range(3):
+    lb.ops.matmul(a, a)                                     # OpenBLAS, split over our pool
+    for _ in range(5):
+        lb.ops.rms_norm(x)                                  # our own kernel on the pool
+        lb.ops.softmax(x)
+print((time.process_time() - c0) / (time.perf_counter() - t0))
+"""
+
+
+def test_one_thread_means_one_core_busy():
+    # CPU time over wall time of a busy process is the number of cores it keeps busy: with one
+    # thread neither OpenBLAS nor TBB may run anything in parallel.
+    ratio = float(run_py(CPU_RATIO.format(n=1)).stdout)
+    assert ratio < 1.15, f"{ratio:.2f} cores busy with lb.set_num_threads(1)"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_two_threads_use_two_cores():
+    ratio = float(run_py(CPU_RATIO.format(n=2)).stdout)
+    assert 1.3 < ratio < 2.2, f"{ratio:.2f} cores busy with lb.set_num_threads(2)"
+
+
+def test_kernels_release_the_gil():
+    a = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
+    done = threading.Event()
+
+    def work():
+        for _ in range(20):
+            lb.ops.matmul(a, a)
+        done.set()
+
+    th = threading.Thread(target=work)
+    th.start()
+    ticks = 0
+    while not done.is_set():  # pure Python: runs only if the kernel thread let go of the GIL
+        ticks += 1
+    th.join()
+    assert ticks > 10000
+
+
+def proc_cpuinfo_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def test_cpu_features_agree_with_the_kernel():
+    info = lb.cpu_info()
+    flags = proc_cpuinfo_flags()
+    if flags is None or info["arch"] != "x86_64":
+        pytest.skip("no /proc/cpuinfo x86 flags to compare with")
+    for ours, linux in [("avx2", "avx2"), ("fma", "fma"), ("f16c", "f16c"), ("avx512f", "avx512f"),
+                        ("avx512bw", "avx512bw"), ("avx512_vnni", "avx512_vnni"), ("avx512_bf16", "avx512_bf16")]:
+        assert info["features"][ours] == (linux in flags), ours
+
+
+def test_cpu_info_reports_every_family_and_follows_set_isa():
+    info = lb.cpu_info()
+    assert {"arch", "model", "features", "isa", "best_isa", "available_isas", "kernels", "blas",
+            "num_threads"} <= set(info)
+    assert "OpenBLAS" in info["blas"]
+    assert {"rms_norm", "layer_norm", "softmax", "rope", "attention", "matmul", "embedding", "convert"} <= set(info["kernels"])
+    before = lb.get_isa()
+    try:
+        for isa in info["available_isas"]:
+            lb.set_isa(isa)
+            assert lb.get_isa() == isa
+            assert lb.cpu_info()["kernels"]["rms_norm"].startswith(isa)
+    finally:
+        lb.set_isa(before)
+
+
+def test_set_isa_rejects_unavailable_paths():
+    with pytest.raises(ValueError, match="unknown ISA"):
+        lb.set_isa("sse9")
+    other = "neon" if lb.cpu_info()["arch"] == "x86_64" else "avx512"
+    with pytest.raises(ValueError, match="not available"):
+        lb.set_isa(other)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_env_forces_a_lower_isa(isa):
+    if isa not in lb.cpu_info()["available_isas"]:
+        pytest.skip(f"{isa} is not available on this CPU")
+    r = run_py("import lmblocks as lb; print(lb.get_isa(), lb.cpu_info()['kernels']['rms_norm'])", LMBLOCKS_ISA=isa)
+    assert r.stdout.split() == [isa, isa]
+
+
+def test_env_with_a_bad_isa_warns_and_keeps_the_best():
+    r = run_py("""
+        import warnings
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            import lmblocks as lb
+        print(lb.get_isa() == lb.cpu_info()["best_isa"], any("LMBLOCKS_ISA" in str(x.message) or "unknown ISA" in str(x.message) for x in w))
+    """, LMBLOCKS_ISA="pentium")
+    assert r.stdout.split() == ["True", "True"]
