@@ -64,7 +64,8 @@ Shape Tensor::contiguous_strides(const Shape& shape, DType dtype) {
 Tensor Tensor::empty(const Shape& shape, DType dtype) {
   const int64_t n = checked_numel(shape);
   if (!shape.empty() && shape.back() % traits(dtype).block_size != 0)
-    throw ValueError(std::string("empty: last dimension must be a multiple of the ") + name(dtype) + " block size");
+    throw ValueError(std::string("empty: the last dimension of a ") + name(dtype) + " tensor must be a multiple of " +
+                     std::to_string(traits(dtype).block_size) + ", got shape " + shape_str(shape));
   int64_t bytes;
   if (__builtin_mul_overflow(n / traits(dtype).block_size, traits(dtype).type_size, &bytes) ||
       bytes > (int64_t(1) << 46))

@@ -38,8 +38,9 @@ void bind_runtime(py::module_& m) {
       if (ok) available.push_back(isa_name(i));
     }
     for (const KernelFamily& k : kernel_families()) {
-      std::string path = isa_name(resolve_isa(k.variants));
-      if (k.note && *k.note) path += std::string(" (") + k.note + ")";
+      // Families without vector variants (BLAS, gathers) report what they run on instead.
+      std::string path = k.variants.empty() ? std::string(k.note) : isa_name(resolve_isa(k.variants));
+      if (!k.variants.empty() && k.note && *k.note) path += std::string(" (") + k.note + ")";
       kernels[py::str(k.name)] = path;
     }
     d["arch"] = f.arch;

@@ -5,6 +5,8 @@
 
 #include <cstring>
 
+#include <pybind11/stl/filesystem.h>
+
 #include "bindings.h"
 #include "dlpack.h"
 
@@ -380,7 +382,7 @@ With ``dtype``, a converted copy instead.
 A read-only memory map of a file. ``tensor(offset, shape, dtype)`` views a region without copying,
 after checking it lies inside the file. The map lives while any tensor viewed from it does.
 )doc")
-      .def(py::init([](const std::string& path) { return MappedFile::open(path); }), py::arg("path"))
+      .def(py::init([](const std::filesystem::path& path) { return MappedFile::open(path.string()); }), py::arg("path"))
       .def_property_readonly("path", &MappedFile::path)
       .def_property_readonly("size", &MappedFile::size)
       .def("tensor", [](const MappedFile& f, int64_t offset, py::object shape, py::handle dtype) {

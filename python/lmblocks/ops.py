@@ -7,7 +7,7 @@ Conventions shared by every op:
   Results are float32. Other dtypes raise ``TypeError``.
 * NumPy in, NumPy out (a zero-copy view of the native result); Tensor in, Tensor out.
 * ``out=`` takes a contiguous, writable float32 array of the result's shape. Elementwise ops
-  (norms, activations, rope, add/mul) may write in place (``out`` is exactly an input); any other
+  (norms, softmax, activations, rope, add/mul) may write in place (``out`` is exactly an input); any other
   overlap between ``out`` and an input raises ``ValueError``.
 * The GIL is released while a kernel runs; work is split over the lmblocks thread pool
   (:func:`lmblocks.set_num_threads`).
@@ -61,8 +61,8 @@ def rms_norm(x, weight=None, *, eps=1e-6, offset=0.0, out=None):
     x: (..., D); weight: (D,) or None (no scale). ``offset=1.0`` gives Gemma's ``(1 + w)`` form.
 
     >>> import numpy as np, lmblocks as lb
-    >>> lb.ops.rms_norm(np.array([[3, 4]], np.float32), np.array([1, 2], np.float32), eps=0.0)
-    array([[0.8485281, 2.2627418]], dtype=float32)
+    >>> lb.ops.rms_norm(np.array([[3, 4]], np.float32), np.array([1, 2], np.float32), eps=0.0).round(4)
+    array([[0.8485, 2.2627]], dtype=float32)
     """
     return _ops.rms_norm(x, weight, float(eps), float(offset), out)
 

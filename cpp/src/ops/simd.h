@@ -13,7 +13,10 @@
 #include <arm_neon.h>
 #endif
 
+// The inline namespace gives each ISA build its own linker names: a copy the compiler chose not to
+// inline must never be merged with another ISA's copy (the ODR would let the linker keep either).
 namespace lb::simd {
+inline namespace LB_ISA {
 
 #if defined(__AVX512F__)
 struct V { __m512 v; };
@@ -140,13 +143,10 @@ inline void store_f16(uint16_t* p, V a) { vst1_u16(p, vreinterpret_u16_f16(vcvt_
 #error "LB_ISA is set but no vector extension is enabled for this build"
 #endif
 
-// exp(x) to ~1 ulp: Cody-Waite range reduction, degree-6 polynomial (Cephes expf). Flushes to 0
-// below -87.34 (where the result would be subnormal), +inf above 88.72; NaN stays NaN (the
-// operand order of min/max is chosen so NaN propagates on x86).
-inline V exp(V x) {
-  const V hi = set1(88.72283905206835f), lo = set1(-87.33654475f);
-  V xc = min(hi, max(lo, x));
-  V n = round(xc * set1(1.44269504088896341f));  // in [-126, 128]
+// The Cephes expf core for xc in [-87.34, 88.72]: Cody-Waite reduction by n = round(xc / ln 2),
+// degree-6 polynomial p ~ exp(r). Returns p and n; the result is p * 2^n.
+inline V exp_reduce(V xc, V& n) {
+  n = round(xc * set1(1.44269504088896341f));
   V r = fma(n, set1(-0.693359375f), xc);
   r = fma(n, set1(2.12194440e-4f), r);
   V p = set1(1.9875691500e-4f);
@@ -155,22 +155,43 @@ inline V exp(V x) {
   p = fma(p, r, set1(4.1665795894e-2f));
   p = fma(p, r, set1(1.6666665459e-1f));
   p = fma(p, r, set1(5.0000001201e-1f));
-  p = fma(p, r * r, r + set1(1.f));
+  return fma(p, r * r, r + set1(1.f));
+}
+
+// exp(x) to ~1 ulp. Flushes to 0 below -87.34 (where the result would be subnormal), +inf above
+// 88.72; NaN stays NaN (the operand order of min/max is chosen so NaN propagates on x86).
+inline V exp(V x) {
+  const V hi = set1(88.72283905206835f), lo = set1(-87.33654475f);
+  V n;
+  const V p = exp_reduce(min(hi, max(lo, x)), n);  // n in [-126, 128]
   // 2^128 is not a float: scale by 2^(n-1) then 2 for positive n.
   V y = select_gt(n, set1(0.f), p * exp2i(n - set1(1.f)) * set1(2.f), p * exp2i(n));
   y = select_lt(x, lo, set1(0.f), y);
   return select_gt(x, hi, set1(INFINITY), y);
 }
 
-// x * sigmoid(x), the numerically safe form x / (1 + exp(-x)).
-inline V silu(V x) { return x / (set1(1.f) + exp(set1(0.f) - x)); }
+// exp(x) for x <= 0 (or NaN): no overflow branch, which softmax and sigmoids never need.
+inline V exp_nonpos(V x) {
+  const V lo = set1(-87.33654475f);
+  V n;
+  const V p = exp_reduce(max(lo, x), n);  // n in [-126, 0]
+  return select_lt(x, lo, set1(0.f), p * exp2i(n));
+}
 
-// GELU with the tanh approximation: 0.5 x (1 + tanh(u)) == x / (1 + exp(-2u)),
-// u = sqrt(2/pi) (x + 0.044715 x^3). The sigmoid form keeps relative accuracy in both tails.
+// x * sigmoid(z) with e = exp(-|z|) <= 1: sigmoid(z) = 1 / (1 + e) for z >= 0, e / (1 + e) below,
+// so nothing overflows and both tails keep their relative accuracy.
+inline V mul_sigmoid(V x, V z) {
+  const V e = exp_nonpos(set1(0.f) - abs(z));
+  return x * select_lt(z, set1(0.f), e, set1(1.f)) / (set1(1.f) + e);
+}
+
+// SiLU: x * sigmoid(x).
+inline V silu(V x) { return mul_sigmoid(x, x); }
+
+// GELU, tanh form: 0.5 x (1 + tanh(u)) == x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3).
 inline V gelu_tanh(V x) {
-  V x3 = x * x * x;
-  V u2 = fma(x3, set1(-2.f * 0.7978845608028654f * 0.044715f), x * set1(-2.f * 0.7978845608028654f));
-  return x / (set1(1.f) + exp(u2));
+  const V z = x * fma(x * x, set1(2.f * 0.7978845608028654f * 0.044715f), set1(2.f * 0.7978845608028654f));
+  return mul_sigmoid(x, z);
 }
 
 // erfc(z) for z >= 0 (Numerical Recipes' Chebyshev fit, fractional error < 1.2e-7).
@@ -197,5 +218,6 @@ inline V gelu_erf(V x) {
   return set1(0.5f) * x * e;
 }
 
+}  // namespace LB_ISA
 }  // namespace lb::simd
 #endif  // LB_ISA
