@@ -22,16 +22,43 @@ def _load(path: str) -> None:
         pass  # the dynamic loader will report what is missing when _core is imported
 
 
+def _has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= set(line.split())
+    except OSError:
+        pass
+    return False
+
+
 def _openblas() -> None:
     spec = importlib.util.find_spec("scipy_openblas32")
     if spec is None or not spec.submodule_search_locations:
         return
     lib_dir = os.path.join(list(spec.submodule_search_locations)[0], "lib")
-    if os.path.isdir(lib_dir):
-        for name in sorted(os.listdir(lib_dir)):
-            if name.startswith("libscipy_openblas") and ".so" in name:
-                _load(os.path.join(lib_dir, name))
-                return
+    names = sorted(os.listdir(lib_dir)) if os.path.isdir(lib_dir) else []
+    lib = next((n for n in names if n.startswith("libscipy_openblas") and ".so" in n), None)
+    if lib is None:
+        return
+    # OpenBLAS picks its kernels from a table of CPU models and falls back to AVX2 ("Haswell") on
+    # AVX-512 CPUs it does not list (AMD Zen 4/5), where its SkylakeX sgemm is ~1.8x faster; some
+    # machine images also pin OPENBLAS_CORETYPE=Haswell for every OpenBLAS in the process. Our copy
+    # is private to lmblocks, so we choose for it (LMBLOCKS_OPENBLAS_CORETYPE overrides), set the
+    # variable only while the library loads (it is read once, then), and put the old value back.
+    # NumPy's OpenBLAS is a different library and is not affected.
+    core = os.environ.get("LMBLOCKS_OPENBLAS_CORETYPE") or ("SkylakeX" if _has_avx512() else None)
+    old = os.environ.get("OPENBLAS_CORETYPE")
+    if core:
+        os.environ["OPENBLAS_CORETYPE"] = core
+    try:
+        _load(os.path.join(lib_dir, lib))
+    finally:
+        if core and old is None:
+            del os.environ["OPENBLAS_CORETYPE"]
+        elif core:
+            os.environ["OPENBLAS_CORETYPE"] = old
 
 
 def _tbb() -> None:

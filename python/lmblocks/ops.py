@@ -58,7 +58,8 @@ def linear(x, weight, bias=None, *, out=None):
 def rms_norm(x, weight=None, *, eps=1e-6, offset=0.0, out=None):
     """RMSNorm over the last axis: ``x / sqrt(mean(x**2) + eps) * (offset + weight)``.
 
-    x: (..., D); weight: (D,) or None (no scale). ``offset=1.0`` gives Gemma's ``(1 + w)`` form.
+    x: (..., D); weight: (D,) or None (no scale, and ``offset`` is unused). ``offset=1.0`` gives
+    Gemma's ``(1 + w)`` form without rewriting its weights.
 
     >>> import numpy as np, lmblocks as lb
     >>> lb.ops.rms_norm(np.array([[3, 4]], np.float32), np.array([1, 2], np.float32), eps=0.0).round(4)
@@ -104,8 +105,8 @@ def gelu(x, *, approximate="none", out=None):
     ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (``approximate="tanh"``), as PyTorch.
 
     >>> import numpy as np, lmblocks as lb
-    >>> lb.ops.gelu(np.array([-1, 0, 1], np.float32))
-    array([-0.15865526,  0.        ,  0.8413447 ], dtype=float32)
+    >>> lb.ops.gelu(np.array([-1, 0, 1], np.float32)).round(4)
+    array([-0.1587,  0.    ,  0.8413], dtype=float32)
     """
     return _ops.gelu(x, approximate, out)
 
@@ -137,7 +138,7 @@ def rope(x, positions=None, *, offset=0, theta=10000.0, rotary_dim=None, interle
     """Rotary position embedding (Su et al. 2021) applied to queries or keys.
 
     x: (T, H, hd) or (B, T, H, hd). ``positions``: int32/int64 of shape (T,) or (B, T); None means
-    ``offset + arange(T)``. Feature pair i of a head rotates by ``pos * inv_freq[i]`` with
+    ``offset + arange(T)`` (give one or the other: both is a ``ValueError``). Feature pair i of a head rotates by ``pos * inv_freq[i]`` with
     ``inv_freq[i] = theta ** (-2i / rotary_dim)`` (see :func:`rope_inv_freq` for ``scaling``).
 
     * ``interleaved=False`` pairs ``(i, i + rotary_dim/2)`` (GPT-NeoX / Hugging Face layout);
@@ -153,6 +154,8 @@ def rope(x, positions=None, *, offset=0, theta=10000.0, rotary_dim=None, interle
     >>> lb.ops.rope(x, offset=1, theta=1.0).round(4)  # rotates by 1 radian
     array([[[0.5403, 0.8415]]], dtype=float32)
     """
+    if positions is not None and offset:
+        raise ValueError("rope: give positions or offset, not both (positions are absolute)")
     return _ops.rope(x, positions, int(offset), float(theta), int(rotary_dim or 0), bool(interleaved),
                      _scaling_args(scaling), out)
 
@@ -223,7 +226,8 @@ def attention(q, k, v, *, causal=True, window=None, mask=None, scale=None, softc
     Query t sits at position ``S - T + t``, so S > T is decoding against a cache.
 
     * ``causal``: key j is visible when ``j <= S - T + t``; ``causal=False`` is bidirectional.
-    * ``window``: sliding window; key j is also required to satisfy ``(S - T + t) - j < window``.
+    * ``window``: sliding window; key j is also required to satisfy ``(S - T + t) - j < window``
+      (with ``causal=False`` the window is symmetric: ``|(S - T + t) - j| < window``).
     * ``mask``: additive float mask broadcastable to (B, H, T, S) (or (H, T, S) for 3-D q).
     * ``scale``: default ``1 / sqrt(hd)``. ``softcap``: ``scores = softcap * tanh(scores / softcap)``
       (Gemma 2), applied before the mask.
