@@ -144,6 +144,7 @@ def test_astype_matches_numpy(src, dst):
     np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast", "ignore:invalid value encountered in cast")
 def test_f16_bf16_rounding_edges():
     # ties-to-even, overflow to inf, subnormals, NaN: compared bit for bit with NumPy / ml_dtypes.
     x = np.array([1 + 2 ** -11, 1 + 3 * 2 ** -11, 65520.0, 70000.0, 6e-8, 3e-8, 2.9e-8, -1e-5, np.inf,
@@ -279,3 +280,15 @@ def test_bad_inputs_raise_clear_errors():
 def test_repr():
     assert repr(lb.zeros(2, 3)) == "Tensor(shape=(2, 3), dtype=f32)"
     assert "strided" in repr(lb.zeros(2, 3).T)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    tests = [t for obj, name in [(lb, "lmblocks"), (lb.Tensor, "Tensor"), (lb.asarray, "asarray")]
+             for t in finder.find(obj, name, globs={})]
+    for t in tests:
+        runner.run(t)
+    assert sum(len(t.examples) for t in tests) >= 5
+    assert runner.failures == 0

@@ -172,50 +172,30 @@ dlpack::DLTensor fill_dl(const Tensor& t, DLContext* ctx) {
   return dlpack::DLTensor{t.raw(), {dlpack::kDLCPU, 0}, t.ndim(), dt, ctx->shape.data(), ctx->strides.data(), 0};
 }
 
-py::capsule dlpack_legacy(const Tensor& t) {
-  auto* ctx = new DLContext();
-  auto* m = new dlpack::ManagedTensor{};
-  try {
-    m->dl_tensor = fill_dl(t, ctx);
-  } catch (...) {
-    delete ctx;
-    delete m;
-    throw;
-  }
-  m->manager_ctx = ctx;
-  m->deleter = [](dlpack::ManagedTensor* self) {
-    delete static_cast<DLContext*>(self->manager_ctx);
-    delete self;
-  };
-  return py::capsule(m, "dltensor", [](PyObject* cap) {
-    // Only an unconsumed capsule still owns the tensor.
-    if (PyCapsule_IsValid(cap, "dltensor")) {
-      auto* mt = static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
-      if (mt && mt->deleter) mt->deleter(mt);
-    }
-  });
-}
+// One capsule per export; the consumer renames it to "used_..." when it takes ownership, so only
+// an unconsumed capsule still frees the tensor. M is the legacy or the versioned managed struct.
+template <class M>
+constexpr const char* kCapsuleName = "dltensor";
+template <>
+constexpr const char* kCapsuleName<dlpack::ManagedTensorVersioned> = "dltensor_versioned";
 
-py::capsule dlpack_versioned(const Tensor& t) {
-  auto* ctx = new DLContext();
-  auto* m = new dlpack::ManagedTensorVersioned{};
-  try {
-    m->dl_tensor = fill_dl(t, ctx);
-  } catch (...) {
-    delete ctx;
-    delete m;
-    throw;
+template <class M>
+py::capsule dlpack_capsule(const Tensor& t) {
+  auto ctx = std::make_unique<DLContext>();
+  auto m = std::make_unique<M>();
+  m->dl_tensor = fill_dl(t, ctx.get());
+  if constexpr (std::is_same_v<M, dlpack::ManagedTensorVersioned>) {
+    m->version = {1, 0};
+    m->flags = t.readonly() ? dlpack::kFlagReadOnly : 0;
   }
-  m->version = {1, 0};
-  m->flags = t.readonly() ? dlpack::kFlagReadOnly : 0;
-  m->manager_ctx = ctx;
-  m->deleter = [](dlpack::ManagedTensorVersioned* self) {
+  m->manager_ctx = ctx.release();
+  m->deleter = [](M* self) {
     delete static_cast<DLContext*>(self->manager_ctx);
     delete self;
   };
-  return py::capsule(m, "dltensor_versioned", [](PyObject* cap) {
-    if (PyCapsule_IsValid(cap, "dltensor_versioned")) {
-      auto* mt = static_cast<dlpack::ManagedTensorVersioned*>(PyCapsule_GetPointer(cap, "dltensor_versioned"));
+  return py::capsule(m.release(), kCapsuleName<M>, [](PyObject* cap) {
+    if (PyCapsule_IsValid(cap, kCapsuleName<M>)) {
+      auto* mt = static_cast<M*>(PyCapsule_GetPointer(cap, kCapsuleName<M>));
       if (mt && mt->deleter) mt->deleter(mt);
     }
   });
@@ -337,9 +317,9 @@ array([[1., 4.],
         }
         const bool force_copy = !copy.is_none() && copy.cast<bool>();
         const Tensor src = force_copy ? t.clone() : t;
-        if (!max_version.is_none() && max_version.cast<py::tuple>()[0].cast<int>() >= 1) return dlpack_versioned(src);
+        if (!max_version.is_none() && max_version.cast<py::tuple>()[0].cast<int>() >= 1) return dlpack_capsule<dlpack::ManagedTensorVersioned>(src);
         // Legacy consumers cannot see a read-only flag: hand them a private copy of read-only memory.
-        return dlpack_legacy(src.readonly() ? src.clone() : src);
+        return dlpack_capsule<dlpack::ManagedTensor>(src.readonly() ? src.clone() : src);
       }, py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
          py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
       .def("__dlpack_device__", [](const Tensor&) { return py::make_tuple(int(dlpack::kDLCPU), 0); })
