@@ -53,7 +53,8 @@ Tensor mul(const Tensor& a, const Tensor& b, Tensor out = {});
 
 // Reference attention. q (T, H, hd) or (B, T, H, hd); k (S, Hkv, hd); v (S, Hkv, hdv); H % Hkv == 0
 // (GQA/MQA: query head h reads kv head h / (H / Hkv)). Query t sits at position S - T + t, so S > T
-// is decode against a cache. Causal: keys j <= that position; window w > 0: also position - j < w.
+// is decode against a cache. Causal: keys j <= that position; window w > 0: also position - j < w
+// (not causal: |position - j| < w, a symmetric window).
 // mask: additive f32 broadcastable to (B, H, T, S). softcap c > 0: scores = c * tanh(scores / c).
 // A query that sees no key gets zeros.
 struct Attention {

@@ -1,0 +1,220 @@
+// Matrix products on lb::sgemm (OpenBLAS, split over the lmblocks pool). np.matmul semantics for
+// matmul; PyTorch's x @ W^T + b for linear. Strided operands BLAS can describe (row or column major
+// with a leading dimension) are passed as they are; anything else is copied once.
+#include "ops/kernel.h"
+
+#if !LB_SIMD
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "ops/common.h"
+
+namespace lb::ops {
+LB_REGISTER_FAMILY(matmul, false, "OpenBLAS sgemm");
+LB_REGISTER_FAMILY(linear, false, "OpenBLAS sgemm");
+
+namespace {
+
+// Below this many flops sgemm runs on one thread, so a batch of such products is spread instead.
+constexpr double kSmallGemm = 4e6;
+
+// A (rows, cols) matrix as sgemm sees it: op(p) with leading dimension ld.
+struct Mat {
+  const float* p = nullptr;
+  bool trans = false;
+  int64_t ld = 1;
+};
+
+// Can a matrix with element strides (sr, sc) be given to BLAS as it is? Strides of unit dims are free.
+bool blas_layout(int64_t rows, int64_t cols, int64_t sr, int64_t sc, bool& trans, int64_t& ld) {
+  const int64_t r1 = std::max<int64_t>(1, rows), c1 = std::max<int64_t>(1, cols);
+  if ((cols <= 1 || sc == 1) && (rows <= 1 || sr >= c1)) {
+    trans = false;
+    ld = rows <= 1 ? c1 : sr;
+    return true;
+  }
+  if ((rows <= 1 || sr == 1) && (cols <= 1 || sc >= r1)) {
+    trans = true;
+    ld = cols <= 1 ? r1 : sc;
+    return true;
+  }
+  return false;
+}
+
+bool f32_aligned(const Tensor& t) {
+  if (t.dtype() != DType::f32 || reinterpret_cast<uintptr_t>(t.raw()) % 4 != 0) return false;
+  for (int64_t s : t.strides())
+    if (s % 4 != 0) return false;
+  return true;
+}
+
+// Element strides of the matrix part (rows, cols) of t: a 1-D t is a row (as_row) or a column.
+void matrix_strides(const Tensor& t, bool as_row, int64_t& sr, int64_t& sc) {
+  if (t.ndim() == 1) {
+    sr = as_row ? 0 : t.strides()[0] / 4;
+    sc = as_row ? t.strides()[0] / 4 : 0;
+  } else {
+    sr = t.strides()[size_t(t.ndim() - 2)] / 4;
+    sc = t.strides()[size_t(t.ndim() - 1)] / 4;
+  }
+}
+
+// The operand as it will be read: itself when BLAS can take its matrices in place, else a
+// contiguous f32 copy; `m` gets the layout (p is the first matrix).
+Tensor blas_operand(const Tensor& t, bool as_row, int64_t rows, int64_t cols, Mat& m, const char* op,
+                    const char* arg) {
+  if (f32_aligned(t)) {
+    int64_t sr, sc;
+    matrix_strides(t, as_row, sr, sc);
+    if (blas_layout(rows, cols, sr, sc, m.trans, m.ld)) {
+      m.p = t.data<float>();
+      return t;
+    }
+  }
+  Tensor c = detail::f32_contiguous(t, op, arg);
+  m.p = c.data<float>();
+  m.trans = false;
+  m.ld = std::max<int64_t>(1, cols);
+  return c;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a_in, const Tensor& b_in, Tensor out) {
+  constexpr const char* op = "matmul";
+  detail::check_float(a_in, op, "a");
+  detail::check_float(b_in, op, "b");
+  if (a_in.ndim() == 0 || b_in.ndim() == 0)
+    throw ValueError(std::string(op) + ": " + (a_in.ndim() == 0 ? "a" : "b") +
+                     " is 0-dimensional; matmul needs at least 1 dimension (use mul for scalars)");
+  const int na = a_in.ndim(), nb = b_in.ndim();
+  const int64_t M = na == 1 ? 1 : a_in.dim(-2), K = a_in.dim(-1);
+  const int64_t Kb = nb == 1 ? b_in.dim(0) : b_in.dim(-2), N = nb == 1 ? 1 : b_in.dim(-1);
+  if (K != Kb)
+    throw ValueError(std::string(op) + ": a has shape " + shape_str(a_in.shape()) + " and b has shape " +
+                     shape_str(b_in.shape()) + "; the last dimension of a (" + std::to_string(K) + ") must equal " +
+                     (nb == 1 ? "the length of b" : "the second-to-last dimension of b") + " (" +
+                     std::to_string(Kb) + ")");
+
+  // Broadcast batch dims (NumPy rules, aligned from the right).
+  const int ba = std::max(0, na - 2), bb = std::max(0, nb - 2), bn = std::max(ba, bb);
+  Shape batch(static_cast<size_t>(bn), 1);
+  for (int i = 0; i < bn; ++i) {
+    const int ia = i - (bn - ba), ib = i - (bn - bb);
+    const int64_t da = ia >= 0 ? a_in.dim(ia) : 1, db = ib >= 0 ? b_in.dim(ib) : 1;
+    if (da != db && da != 1 && db != 1)
+      throw ValueError(std::string(op) + ": the batch dimensions of a " + shape_str(a_in.shape()) + " and b " +
+                       shape_str(b_in.shape()) + " do not broadcast");
+    batch[size_t(i)] = da == 1 ? db : da;
+  }
+  Shape oshape = batch;
+  if (na > 1) oshape.push_back(M);
+  if (nb > 1) oshape.push_back(N);
+  out = detail::prepare_out(out, oshape, op, {{a_in, "a", false}, {b_in, "b", false}});
+  if (out.numel() == 0) return out;
+  float* yp = out.data<float>();
+  if (K == 0) {
+    std::memset(yp, 0, size_t(out.nbytes()));
+    return out;
+  }
+
+  Mat ma, mb;
+  const Tensor a = blas_operand(a_in, true, M, K, ma, op, "a");
+  const Tensor b = blas_operand(b_in, false, K, N, mb, op, "b");
+  // Per-operand element strides over the broadcast batch dims (0 where broadcast).
+  std::vector<int64_t> sa(static_cast<size_t>(bn), 0), sb(static_cast<size_t>(bn), 0);
+  for (int i = 0; i < bn; ++i) {
+    const int ia = i - (bn - ba), ib = i - (bn - bb);
+    if (ia >= 0 && a.dim(ia) != 1) sa[size_t(i)] = a.strides()[size_t(ia)] / 4;
+    if (ib >= 0 && b.dim(ib) != 1) sb[size_t(i)] = b.strides()[size_t(ib)] / 4;
+  }
+  int64_t entries = 1;
+  for (int64_t d : batch) entries *= d;
+
+  // b shared by the whole batch and a's row-major matrices evenly spaced: one (entries * M, K) product.
+  bool fold = entries > 1 && !ma.trans;
+  int64_t expect = M * ma.ld;
+  for (int i = bn - 1; fold && i >= 0; --i) {
+    if (batch[size_t(i)] == 1) continue;
+    fold = sb[size_t(i)] == 0 && sa[size_t(i)] == expect;
+    expect *= batch[size_t(i)];
+  }
+  if (fold || entries == 1) {
+    sgemm(ma.trans, mb.trans, fold ? entries * M : M, N, K, 1.f, ma.p, ma.ld, mb.p, mb.ld, 0.f, yp, N);
+    return out;
+  }
+
+  const auto entry = [&](int64_t e) {
+    int64_t oa = 0, ob = 0;
+    for (int i = bn - 1; i >= 0; --i) {
+      const int64_t idx = e % batch[size_t(i)];
+      e /= batch[size_t(i)];
+      oa += idx * sa[size_t(i)];
+      ob += idx * sb[size_t(i)];
+    }
+    return std::pair<int64_t, int64_t>(oa, ob);
+  };
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  const auto run = [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) {
+      const auto [oa, ob] = entry(e);
+      sgemm(ma.trans, mb.trans, M, N, K, 1.f, ma.p + oa, ma.ld, mb.p + ob, mb.ld, 0.f, yp + e * M * N, N);
+    }
+  };
+  if (flops < kSmallGemm)
+    parallel_for(entries, std::max<int64_t>(1, int64_t(2e5 / flops)), run);
+  else
+    run(0, entries);  // each product is split over the pool by sgemm
+  return out;
+}
+
+Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Tensor out) {
+  constexpr const char* op = "linear";
+  detail::check_float(x_in, op, "x");
+  detail::check_float(w_in, op, "weight");
+  detail::check_ndim(x_in, 1, kMaxDims, op, "x");
+  const int64_t K = x_in.dim(-1);
+  if (w_in.ndim() != 2 || w_in.dim(1) != K)
+    throw ValueError(std::string(op) + ": weight has shape " + shape_str(w_in.shape()) + "; expected (N, " +
+                     std::to_string(K) + ") to match the last axis of x " + shape_str(x_in.shape()));
+  const int64_t N = w_in.dim(0);
+  if (bias_in.defined()) {
+    detail::check_float(bias_in, op, "bias");
+    if (bias_in.ndim() != 1 || bias_in.dim(0) != N)
+      throw ValueError(std::string(op) + ": bias has shape " + shape_str(bias_in.shape()) + "; expected (" +
+                       std::to_string(N) + ",) to match weight " + shape_str(w_in.shape()));
+  }
+  Shape oshape = x_in.shape();
+  oshape.back() = N;
+  out = detail::prepare_out(out, oshape, op, {{x_in, "x", false}, {w_in, "weight", false}, {bias_in, "bias", false}});
+  if (out.numel() == 0) return out;
+  const int64_t M = out.numel() / N;
+  float* yp = out.data<float>();
+
+  // Bias rows first, then sgemm accumulates onto them (beta = 1): this pass replaces the one in which
+  // BLAS would clear out for beta = 0.
+  if (bias_in.defined()) {
+    const Tensor bias = detail::f32_contiguous(bias_in, op, "bias");
+    const float* bp = bias.data<float>();
+    detail::for_rows(M, N, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) std::memcpy(yp + r * N, bp, sizeof(float) * size_t(N));
+    });
+  } else if (K == 0) {
+    std::memset(yp, 0, size_t(out.nbytes()));
+  }
+  if (K == 0) return out;
+
+  // x as (M, K): a view when its strides allow one, else a contiguous copy.
+  const Tensor xv = x_in.can_view({M, K}) ? x_in.view({M, K}) : detail::f32_contiguous(x_in, op, "x").view({M, K});
+  Mat mx, mw;
+  const Tensor x = blas_operand(xv, true, M, K, mx, op, "x");
+  // weight^T (K, N) is the right operand; a row-major weight is passed as BLAS's transposed case.
+  const Tensor wt = (f32_aligned(w_in) ? w_in : detail::f32_contiguous(w_in, op, "weight")).transpose(0, 1);
+  const Tensor w = blas_operand(wt, false, K, N, mw, op, "weight");
+  sgemm(mx.trans, mw.trans, M, N, K, 1.f, mx.p, mx.ld, mw.p, mw.ld, bias_in.defined() ? 1.f : 0.f, yp, N);
+  return out;
+}
+
+}  // namespace lb::ops
+#endif
