@@ -3,6 +3,7 @@
 // an ndarray made from a Tensor has the Tensor as its base.
 #include <Python.h>
 
+#include <array>
 #include <cstring>
 
 #include <pybind11/stl/filesystem.h>
@@ -48,7 +49,7 @@ py::object bfloat16_dtype() {
   return dt;
 }
 
-py::dtype numpy_dtype(DType t) {
+py::dtype make_numpy_dtype(DType t) {
   switch (t) {
     case DType::f32: return py::dtype("float32");
     case DType::f16: return py::dtype("float16");
@@ -66,13 +67,19 @@ py::dtype numpy_dtype(DType t) {
   }
 }
 
+// Parsing a dtype from its name costs ~0.5 us, so each is made once (and deliberately never freed:
+// the interpreter may already be gone when static destructors run).
+const py::dtype& numpy_dtype(DType t) {
+  static std::array<py::dtype*, size_t(DType::count_)> cache{};
+  py::dtype*& slot = cache[size_t(t)];
+  if (!slot) slot = new py::dtype(make_numpy_dtype(t));
+  return *slot;
+}
+
 DType dtype_of_numpy(const py::dtype& dt, const char* op, const char* arg) {
   const char kind = dt.kind();
   const auto size = dt.itemsize();
-  const std::string nm = py::str(dt.attr("name"));
-  const char order = dt.byteorder();
-  if (order == '>') throw TypeError(std::string(op) + ": " + arg + " is big-endian; convert it to native byte order");
-  if (nm == "bfloat16" && size == 2) return DType::bf16;
+  if (dt.byteorder() == '>') throw TypeError(std::string(op) + ": " + arg + " is big-endian; convert it to native byte order");
   if (kind == 'f' && size == 4) return DType::f32;
   if (kind == 'f' && size == 2) return DType::f16;
   if (kind == 'f' && size == 8) return DType::f64;
@@ -81,6 +88,8 @@ DType dtype_of_numpy(const py::dtype& dt, const char* op, const char* arg) {
   if (kind == 'i' && size == 4) return DType::i32;
   if (kind == 'i' && size == 8) return DType::i64;
   if (kind == 'u' && size == 1) return DType::u8;
+  const std::string nm = py::str(dt.attr("name"));  // ml_dtypes' types are known by name only
+  if (nm == "bfloat16" && size == 2) return DType::bf16;
   throw TypeError(std::string(op) + ": " + arg + " has unsupported dtype " + nm);
 }
 
@@ -214,13 +223,17 @@ Tensor to_tensor_opt(py::handle obj, const char* op, const char* arg) {
   return obj.is_none() ? Tensor() : to_tensor(obj, op, arg);
 }
 
-py::array to_numpy(const Tensor& t) {
+py::array to_numpy(const Tensor& t, py::handle base_obj) {
   Shape shape = t.shape(), strides = t.strides();
   if (is_quantized(t.dtype())) {  // expose the blocks as bytes: (..., row_bytes)
     shape.back() = row_bytes(t.dtype(), shape.back());
     strides.back() = 1;
   }
-  py::object base = py::cast(t);
+  // The array's base keeps the memory alive: the Tensor object when there is one, else a capsule
+  // holding the owner (cheaper than making a Python Tensor just to be a base).
+  py::object base = base_obj ? py::reinterpret_borrow<py::object>(base_obj)
+                             : py::capsule(new std::shared_ptr<void>(t.owner()),
+                                           [](void* p) { delete static_cast<std::shared_ptr<void>*>(p); });
   py::array arr(numpy_dtype(t.dtype()), std::vector<py::ssize_t>(shape.begin(), shape.end()),
                 std::vector<py::ssize_t>(strides.begin(), strides.end()), t.raw(), base);
   if (t.readonly()) arr.attr("setflags")(py::arg("write") = false);
@@ -301,9 +314,9 @@ array([[1., 4.],
       .def("copy", &Tensor::clone, "A contiguous copy.")
       .def("astype", [](const Tensor& t, py::handle d) { return t.to(dtype_arg(d)).contiguous(); },
            py::arg("dtype"), "A converted copy (plain types; use lb.dequantize for quantized ones).")
-      .def("numpy", [](const Tensor& t) { return to_numpy(t); }, "The NumPy view (no copy).")
-      .def("__array__", [](const Tensor& t, py::object dtype, py::object copy) -> py::object {
-        py::array a = to_numpy(t);
+      .def("numpy", [](py::object self) { return to_numpy(self.cast<const Tensor&>(), self); }, "The NumPy view (no copy).")
+      .def("__array__", [](py::object self, py::object dtype, py::object copy) -> py::object {
+        py::array a = to_numpy(self.cast<const Tensor&>(), self);
         if (!dtype.is_none()) return a.attr("astype")(dtype, py::arg("copy") = !copy.is_none() && copy.cast<bool>());
         if (!copy.is_none() && copy.cast<bool>()) return a.attr("copy")();
         return a;

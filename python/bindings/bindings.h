@@ -22,8 +22,9 @@ void bind_bench(py::module_ m);
 Tensor to_tensor(py::handle obj, const char* op, const char* arg);
 // An optional argument: None gives an undefined Tensor.
 Tensor to_tensor_opt(py::handle obj, const char* op, const char* arg);
-// The NumPy view of a tensor (no copy); the array keeps the tensor's memory alive.
-py::array to_numpy(const Tensor& t);
+// The NumPy view of a tensor (no copy); the array keeps the tensor's memory alive through `base`
+// (the Tensor's Python object) or, when none is given, through a capsule holding its owner.
+py::array to_numpy(const Tensor& t, py::handle base = {});
 // Results come back as the kind of the first input: Tensor in, Tensor out; otherwise NumPy.
 py::object wrap_result(const Tensor& t, py::handle like, py::handle out_arg);
 
