@@ -27,7 +27,8 @@ test: install
 	done
 
 bench: install
-	$(PY) bench/ops.py
+	$(PIP) install -q ".[bench]"
+	$(PY) bench/ops.py --threads 1 2
 
 clean:
 	rm -rf build $(VENV)

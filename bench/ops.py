@@ -261,6 +261,19 @@ def bars(rows):
     return out
 
 
+def write_results_section(path, name, markdown):
+    """Replace this bench's section of bench/RESULTS.md (between HTML-comment markers), keeping the
+    sections other benches write."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts in bench/; each section by its own script.\n"
+    block = f"{begin}\n{markdown.rstrip()}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
 def machine():
     try:
         blas_config = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas")
@@ -328,6 +341,20 @@ def main():
                                     load_average=dict(before=load_before, after=os.getloadavg()[0])),
                                indent=1, default=str))
     print(f"\nwrote {path} ({elapsed:.0f} s)")
+    if not args.quick:
+        cpu = ceil["cpu"]
+        md = [f"## Kernels against NumPy (`python bench/ops.py --threads {' '.join(map(str, threads))}`)", "",
+              f"{stamp}, lmblocks {lb.__version__}, NumPy {np.__version__}, {cpu.get('model', '?')} "
+              f"({os.cpu_count()} cores), ISA {cpu.get('isa', '?')}; NumPy BLAS threads: {numpy_threads}; "
+              f"load average {load_before:.1f} before the run. Raw data: `bench/results/{path.name}`.", "",
+              "Ceilings measured in the same run: " + "; ".join(
+                  f"{n} thread(s): FMA {ceil['fma_gflops'][n]:.0f} GFLOP/s, DRAM read {ceil['dram_read_gbs'][n]:.1f} GB/s"
+                  for n in threads) + ".", "", "Bars:", ""]
+        md += [f"- {b['kernel']} {b['shape']}, {b['threads']} thread(s): NumPy/ours {fmt(b['ratio'], '.2f')} "
+               f"(needs >= {b['minimum']}): **{b['status']}**" for b in result_bars]
+        md += ["", table(rows), ""]
+        write_results_section(out.parent / "RESULTS.md", "ops", "\n".join(md))
+        print(f"updated {out.parent / 'RESULTS.md'}")
     return 1 if failed else 0
 
 
