@@ -22,6 +22,8 @@ struct DTypeTraits {
   bool quantized;
   bool is_float;         // plain floating point (f32/f16/bf16/f64)
   int ggml_type;         // the GGUF/ggml type id, -1 where ggml has none
+  // n elements (a multiple of block_size) from contiguous src to f32; null where no conversion exists.
+  void (*to_float)(const void* src, float* dst, int64_t n);
 };
 
 const DTypeTraits& traits(DType t);
