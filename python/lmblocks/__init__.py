@@ -35,6 +35,7 @@ from ._core import (  # noqa: E402
 )
 from . import io, ops  # noqa: E402
 from .quant import dequantize  # noqa: E402
+from .io.detect import inspect  # noqa: E402
 
 if _core.__version__ != __version__:
     raise ImportError(f"lmblocks {__version__} found a native core built as {_core.__version__}; reinstall lmblocks")
@@ -66,5 +67,5 @@ def from_file(path, offset: int, shape, dtype) -> Tensor:
 
 __all__ = [
     "__version__", "Tensor", "MappedFile", "asarray", "empty", "zeros", "from_file", "dtype_info", "dtypes",
-    "set_num_threads", "get_num_threads", "set_isa", "get_isa", "cpu_info", "ops", "io", "dequantize",
+    "set_num_threads", "get_num_threads", "set_isa", "get_isa", "cpu_info", "ops", "io", "dequantize", "inspect",
 ]
