@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 
-from . import FormatError
+from . import FormatError, tensor_table
 from .gguf import GGUFFile
 from .llama2c import Llama2cFile
 from .safetensors import SafetensorsCheckpoint
@@ -68,15 +67,8 @@ def inspect(path: str | os.PathLike) -> str:
         cfg = _config(reader, path)
         lines.append(f"{os.path.basename(os.path.normpath(path))}: {kind}, architecture {cfg.get('model_type', '?')}")
         lines += [f"  {k}: {v}" for k, v in cfg.items() if isinstance(v, (int, float, str, bool)) and k != "model_type"]
-    per_dtype: dict[str, list[int]] = {}
-    for info in reader.tensors.values():
-        row = per_dtype.setdefault(info.dtype, [0, 0, 0])
-        row[0] += 1
-        row[1] += math.prod(info.shape)
-        row[2] += info.nbytes
-    params = sum(r[1] for r in per_dtype.values())
-    total = sum(r[2] for r in per_dtype.values())
+    table, params = tensor_table(reader.tensors.values())
+    total = sum(info.nbytes for info in reader.tensors.values())
     lines.append(f"  {len(reader.tensors)} tensors, {params:,} parameters, {total / 2**20:,.1f} MiB of weights")
-    for dtype, (n, count, nbytes) in sorted(per_dtype.items(), key=lambda item: -item[1][2]):
-        lines.append(f"    {dtype:<5} {n:>5} tensors {count:>15,} parameters {nbytes / 2**20:>10,.1f} MiB")
+    lines += ["  " + row for row in table]
     return "\n".join(lines)

@@ -35,12 +35,12 @@ from __future__ import annotations
 import math
 import os
 import struct
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from .. import MappedFile, Tensor, dtype_info, dtypes
-from . import FormatError
+from . import FormatError, MappedReader, TensorInfo, tensor_table
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -68,18 +68,6 @@ _MIN_ARRAY_BYTES = 4 + 8  # element type, count
 
 # ggml type id -> lmblocks dtype name, from the package's type-traits table.
 _GGML_DTYPES = {info["ggml_type"]: name for name in dtypes() if (info := dtype_info(name))["ggml_type"] >= 0}
-
-
-class TensorInfo(NamedTuple):
-    """One tensor of the directory. ``shape`` is in NumPy order (GGUF's dims reversed), ``dtype`` an lmblocks
-    dtype name ("f32", "q4_k"), ``offset`` the absolute byte offset in the file (data section start + the
-    stored offset), ``nbytes`` the size of its data."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    offset: int
-    nbytes: int
 
 
 class _Cursor:
@@ -192,7 +180,7 @@ def _read_array(cur: _Cursor, field: str, depth: int) -> tuple[Any, str]:
     raise cur.fail(f"{field} array element type", f"is {etype}, not a GGUF value type (0 to 12)", type_at)
 
 
-class GGUFFile:
+class GGUFFile(MappedReader):
     """A GGUF v2/v3 file: its metadata and tensor directory, read at open; tensors mapped on request.
 
     Attributes: ``path``, ``version``, ``metadata`` (key -> value, in file order), ``metadata_types``
@@ -268,28 +256,12 @@ class GGUFFile:
         """``general.architecture`` ("llama", "gemma3" ...), or None if the file lacks it."""
         return self.metadata.get("general.architecture")
 
-    def tensor(self, name: str) -> Tensor:
-        """The tensor ``name``: read-only, memory-mapped from the file, no copy (quantized dtypes keep their
-        blocks; ``np.asarray`` of one gives the raw bytes, one row of blocks per row)."""
-        info = self.tensors.get(name)
-        if info is None:
-            raise KeyError(f"{self.path}: no tensor named {name!r} (it has {len(self.tensors)} tensors)")
-        return self._map.tensor(info.offset, info.shape, info.dtype)
-
     def summary(self) -> str:
         """Architecture, counts, and per dtype the tensors, parameters and bytes."""
-        per_dtype: dict[str, list[int]] = {}
-        for info in self.tensors.values():
-            row = per_dtype.setdefault(info.dtype, [0, 0, 0])
-            row[0] += 1
-            row[1] += math.prod(info.shape)
-            row[2] += info.nbytes
-        params = sum(row[1] for row in per_dtype.values())
-        lines = [f"{os.path.basename(self.path)}: GGUF v{self.version}, architecture {self.architecture}, "
-                 f"{len(self.tensors)} tensors, {len(self.metadata)} metadata keys, {params:,} parameters"]
-        for dtype, (n, count, nbytes) in sorted(per_dtype.items(), key=lambda item: -item[1][2]):
-            lines.append(f"  {dtype:<5} {n:>5} tensors {count:>15,} parameters {nbytes:>15,} bytes")
-        return "\n".join(lines)
+        lines, params = tensor_table(self.tensors.values())
+        return "\n".join([f"{os.path.basename(self.path)}: GGUF v{self.version}, architecture {self.architecture}, "
+                          f"{len(self.tensors)} tensors, {len(self.metadata)} metadata keys, {params:,} parameters",
+                          *lines])
 
     def __repr__(self) -> str:
         return (f"GGUFFile({self.path!r}, v{self.version}, architecture={self.architecture!r}, "

@@ -21,14 +21,14 @@ import struct
 
 import numpy as np
 
-from .._core import MappedFile, Tensor
-from . import FormatError, TensorInfo
+from .._core import MappedFile
+from . import FormatError, MappedReader, TensorInfo
 
 HEADER = struct.Struct("<7i")
 FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
 
 
-class Llama2cFile:
+class Llama2cFile(MappedReader):
     """A llama2.c checkpoint: ``header`` (the seven ints, vocab_size made positive), ``shared_classifier``,
     ``config`` (Hugging Face Llama config keys), ``tensors`` (HF name -> TensorInfo) and ``tensor(name)``."""
 
@@ -99,12 +99,6 @@ class Llama2cFile:
         add("model.norm.weight", "final_norm")
         if not self.shared_classifier:
             add("lm_head.weight", "classifier")
-
-    def tensor(self, name: str) -> Tensor:
-        info = self.tensors.get(name)
-        if info is None:
-            raise KeyError(f"{self.path}: no tensor named {name!r} (it has {len(self.tensors)} tensors)")
-        return self._map.tensor(info.offset, info.shape, info.dtype)
 
     def __repr__(self) -> str:
         return f"Llama2cFile({self.path!r}, {self.header})"

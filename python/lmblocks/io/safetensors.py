@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .._core import MappedFile, Tensor
-from . import FormatError, TensorInfo
+from . import FormatError, MappedReader, TensorInfo
 
 MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own limit
 INDEX_NAME = "model.safetensors.index.json"
@@ -43,7 +43,7 @@ def _unique_keys(pairs):
     return out
 
 
-class SafetensorsFile:
+class SafetensorsFile(MappedReader):
     """One .safetensors file: ``metadata`` (the ``__metadata__`` strings), ``tensors`` (name ->
     TensorInfo, by offset), ``tensor(name)`` -> a read-only Tensor viewing the file (no copy)."""
 
@@ -100,12 +100,6 @@ class SafetensorsFile:
             raise FormatError(f"{where} has shape {tuple(shape)} of {dtype} ({nbytes} bytes) but data_offsets "
                               f"span {end - begin} bytes")
         return TensorInfo(name, tuple(shape), dtype, self.data_offset + begin, nbytes)
-
-    def tensor(self, name: str) -> Tensor:
-        info = self.tensors.get(name)
-        if info is None:
-            raise KeyError(f"{self.path}: no tensor named {name!r} (it has {len(self.tensors)} tensors)")
-        return self._map.tensor(info.offset, info.shape, info.dtype)
 
     def __repr__(self) -> str:
         return f"SafetensorsFile({self.path!r}, {len(self.tensors)} tensors)"
