@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from .base import TokenAttr, Tokenizer
 from .bpe import BpeTokenizer
+from .chat import ChatTemplate
 from .hf import from_tokenizer_json
 from .pretokenize import PRE_TOKENIZERS
 from .spm import SpmTokenizer
@@ -50,5 +51,5 @@ def gguf_metadata(path) -> dict:
     return {k: [text(x) for x in v] if isinstance(v, list) else text(v) for k, v in GGUFFile(path).metadata.items()}
 
 
-__all__ = ["Tokenizer", "TokenAttr", "SpmTokenizer", "BpeTokenizer", "WpmTokenizer", "MODELS", "PRE_TOKENIZERS",
+__all__ = ["ChatTemplate", "Tokenizer", "TokenAttr", "SpmTokenizer", "BpeTokenizer", "WpmTokenizer", "MODELS", "PRE_TOKENIZERS",
            "from_gguf_metadata", "from_tokenizer_json", "gguf_metadata"]
