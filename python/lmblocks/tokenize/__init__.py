@@ -23,6 +23,7 @@ from .base import TokenAttr, Tokenizer
 from .bpe import BpeTokenizer
 from .chat import ChatTemplate
 from .hf import from_tokenizer_json
+from .llama2c import from_llama2c
 from .pretokenize import PRE_TOKENIZERS
 from .spm import SpmTokenizer
 from .wpm import WpmTokenizer
@@ -52,4 +53,4 @@ def gguf_metadata(path) -> dict:
 
 
 __all__ = ["ChatTemplate", "Tokenizer", "TokenAttr", "SpmTokenizer", "BpeTokenizer", "WpmTokenizer", "MODELS", "PRE_TOKENIZERS",
-           "from_gguf_metadata", "from_tokenizer_json", "gguf_metadata"]
+           "from_gguf_metadata", "from_tokenizer_json", "from_llama2c", "gguf_metadata"]
