@@ -33,7 +33,7 @@ from ._core import (  # noqa: E402
     set_num_threads,
     zeros,
 )
-from . import io, ops, tokenize  # noqa: E402
+from . import io, ops, sampling, tokenize  # noqa: E402
 from .quant import dequantize  # noqa: E402
 from .io.detect import inspect  # noqa: E402
 
@@ -67,5 +67,5 @@ def from_file(path, offset: int, shape, dtype) -> Tensor:
 
 __all__ = [
     "__version__", "Tensor", "MappedFile", "asarray", "empty", "zeros", "from_file", "dtype_info", "dtypes",
-    "set_num_threads", "get_num_threads", "set_isa", "get_isa", "cpu_info", "ops", "io", "tokenize", "dequantize", "inspect",
+    "set_num_threads", "get_num_threads", "set_isa", "get_isa", "cpu_info", "ops", "io", "tokenize", "sampling", "dequantize", "inspect",
 ]
