@@ -164,3 +164,17 @@ def test_env_with_a_bad_isa_warns_and_keeps_the_best():
         print(lb.get_isa() == lb.cpu_info()["best_isa"], any("LMBLOCKS_ISA" in str(x.message) or "unknown ISA" in str(x.message) for x in w))
     """, LMBLOCKS_ISA="pentium")
     assert r.stdout.split() == ["True", "True"]
+
+
+def test_interpreter_exits_cleanly_after_using_cached_python_objects(tmp_path):
+    # Regression: Python objects cached in C++ statics (numpy, the bf16 dtype) were destroyed by
+    # static destructors after the interpreter had finalized: SIGSEGV at exit. A plain script did not
+    # show it (numpy's refcount stayed up); a pytest run did, every time, so that is what this runs.
+    (tmp_path / "test_statics.py").write_text(
+        "import numpy as np, lmblocks as lb\n"
+        "def test_it():\n"
+        "    lb.asarray([1, 2, 3])  # a list: converted through the cached numpy module\n"
+        "    np.asarray(lb.asarray(np.ones(3, np.float32)).astype('bf16'))  # the cached bfloat16 dtype\n")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, f"exit status {r.returncode}: {r.stdout[-1500:]} {r.stderr[-1500:]}"

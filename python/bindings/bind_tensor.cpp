@@ -32,21 +32,23 @@ std::shared_ptr<void> keep_alive(py::object obj) {
   return std::shared_ptr<void>(o, [](void* p) { delete static_cast<PyOwner*>(p); });
 }
 
+// Python objects cached in statics are leaked on purpose: a static py::object would be destroyed
+// after the interpreter has finalized (at process exit) and crash there.
 py::object numpy() {
-  static py::object np = py::module_::import("numpy");
-  return np;
+  static py::object* np = new py::object(py::module_::import("numpy"));
+  return *np;
 }
 
 // ml_dtypes.bfloat16 when installed, else None (bf16 then shows up as uint16).
 py::object bfloat16_dtype() {
-  static py::object dt = [] {
+  static py::object* dt = new py::object([] {
     try {
       return py::object(numpy().attr("dtype")(py::module_::import("ml_dtypes").attr("bfloat16")));
     } catch (py::error_already_set&) {
       return py::object(py::none());
     }
-  }();
-  return dt;
+  }());
+  return *dt;
 }
 
 py::dtype make_numpy_dtype(DType t) {
@@ -67,8 +69,7 @@ py::dtype make_numpy_dtype(DType t) {
   }
 }
 
-// Parsing a dtype from its name costs ~0.5 us, so each is made once (and deliberately never freed:
-// the interpreter may already be gone when static destructors run).
+// Parsing a dtype from its name costs ~0.5 us, so each is made once (and leaked, as above).
 const py::dtype& numpy_dtype(DType t) {
   static std::array<py::dtype*, size_t(DType::count_)> cache{};
   py::dtype*& slot = cache[size_t(t)];
