@@ -158,3 +158,24 @@ def test_real_tensors_of_both_models(smollm2_path, gemma3_path):
             raw = np.asarray(t)  # the blocks as bytes, one row of blocks per row
             _check(dequantize(t), _reference(raw.reshape(-1, raw.shape[-1]), info.dtype).reshape(info.shape))
     assert {"q4_1", "q4_k", "q6_k", "q8_0"} <= seen
+
+
+def test_linear_and_embedding_take_quantized_weights(smollm2_path, rng):
+    # Real q4_1 projection and q8_0 embedding from SmolLM2 against dequantize + float64 NumPy.
+    from lmblocks.io import read_gguf
+
+    f = read_gguf(smollm2_path)
+    for name in ("blk.0.attn_q.weight", "blk.3.ffn_down.weight", "token_embd.weight"):
+        w = f.tensor(name)
+        w64 = dequantize(w).astype(np.float64)
+        for m in (1, 7):
+            x = rng.standard_normal((m, w.shape[1]), dtype=np.float32)
+            want = x.astype(np.float64) @ w64.T
+            got = lb.ops.linear(x, w)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.sqrt(w.shape[1]) * np.abs(want).max())
+    emb = f.tensor("token_embd.weight")
+    ids = rng.integers(0, emb.shape[0], (3, 5))
+    want = np.stack([dequantize(emb[int(i):int(i) + 1])[0] for i in ids.ravel()]).reshape(3, 5, -1)
+    np.testing.assert_array_equal(np.asarray(lb.ops.embedding(ids, emb)), want)
+    with pytest.raises(TypeError, match="weight has dtype i32"):
+        lb.ops.linear(np.ones((2, 32), np.float32), np.ones((4, 32), np.int32))

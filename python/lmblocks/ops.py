@@ -45,7 +45,9 @@ def matmul(a, b, *, out=None):
 def linear(x, weight, bias=None, *, out=None):
     """``x @ weight.T + bias``, weights stored (out_features, in_features) as in PyTorch.
 
-    x: (..., K), weight: (N, K), bias: (N,) or None -> (..., N).
+    x: (..., K), weight: (N, K), bias: (N,) or None -> (..., N). The weight may also be f16, bf16 or
+    a ggml block type (``q4_0``, ``q4_k`` ... as GGUF files hold them): its rows are converted to f32
+    panel by panel inside the call, with no f32 copy of the matrix (the reference path).
 
     >>> import numpy as np, lmblocks as lb
     >>> w = np.array([[1, 0, 0], [0, 0, 2]], np.float32)
@@ -184,8 +186,8 @@ def _scaling_args(scaling):
 
 
 def embedding(ids, table, *, out=None):
-    """Gather rows: ``table[ids]``. ids: int32/int64 (...); table: (V, D) float32/float16/bfloat16
-    -> (..., D) float32. An id outside [0, V) raises ``IndexError``. The result is a Tensor when
+    """Gather rows: ``table[ids]``. ids: int32/int64 (...); table: (V, D) float32/float16/bfloat16 or
+    a ggml block type (rows dequantized as they are gathered) -> (..., D) float32. An id outside [0, V) raises ``IndexError``. The result is a Tensor when
     ``table`` is one (model weights usually are), else NumPy.
 
     >>> import numpy as np, lmblocks as lb

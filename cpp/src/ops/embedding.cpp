@@ -37,7 +37,9 @@ Tensor embedding(const Tensor& ids_in, const Tensor& table, Tensor out) {
   if (!ids_in.defined()) throw TypeError("embedding: ids is missing");
   if (ids_in.dtype() != DType::i32 && ids_in.dtype() != DType::i64)
     throw TypeError(std::string("embedding: ids has dtype ") + name(ids_in.dtype()) + "; expected i32 or i64");
-  detail::check_float(table, op, "table");
+  if (!table.defined() || !traits(table.dtype()).to_float || table.dtype() == DType::f64)
+    throw TypeError(std::string("embedding: table has dtype ") + (table.defined() ? name(table.dtype()) : "none") +
+                    "; expected f32, f16, bf16 or a ggml block type");
   if (table.ndim() != 2)
     throw ValueError("embedding: table must have 2 dimensions (V, D), got shape " + shape_str(table.shape()));
   if (ids_in.ndim() + 1 > kMaxDims)
@@ -62,6 +64,7 @@ Tensor embedding(const Tensor& ids_in, const Tensor& table, Tensor out) {
 
   const DType dt = table.dtype();
   const int64_t item = table.itemsize(), row_stride = table.strides()[0], col_stride = table.strides()[1];
+  // (For ggml blocks itemsize is 0 and the column stride is per block; rows are always whole.)
   const bool dense_rows = col_stride == item;
   const auto widen = dt == DType::f16 ? LB_DISPATCH(f16_to_f32) : LB_DISPATCH(bf16_to_f32);
   const auto* base = static_cast<const std::byte*>(table.raw());
@@ -70,7 +73,9 @@ Tensor embedding(const Tensor& ids_in, const Tensor& table, Tensor out) {
     for (int64_t r = r0; r < r1; ++r) {
       const std::byte* src = base + id_at(ids, r) * row_stride;
       float* y = yp + r * d;
-      if (dense_rows && dt == DType::f32) {
+      if (is_quantized(dt)) {  // ggml blocks: whole rows, dequantized (the reference path)
+        traits(dt).to_float(src, y, d);
+      } else if (dense_rows && dt == DType::f32) {
         std::memcpy(y, src, size_t(d) * sizeof(float));
       } else if (dense_rows) {
         widen(reinterpret_cast<const uint16_t*>(src), y, d);

@@ -172,7 +172,9 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, Tensor out) {
 Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Tensor out) {
   constexpr const char* op = "linear";
   detail::check_float(x_in, op, "x");
-  detail::check_float(w_in, op, "weight");
+  if (!w_in.defined() || !traits(w_in.dtype()).to_float || w_in.dtype() == DType::f64)
+    throw TypeError(std::string(op) + ": weight has dtype " + (w_in.defined() ? name(w_in.dtype()) : "none") +
+                    "; expected f32, f16, bf16 or a ggml block type");
   detail::check_ndim(x_in, 1, kMaxDims, op, "x");
   const int64_t K = x_in.dim(-1);
   if (w_in.ndim() != 2 || w_in.dim(1) != K)
@@ -209,10 +211,31 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Ten
   const Tensor xv = x_in.can_view({M, K}) ? x_in.view({M, K}) : detail::f32_contiguous(x_in, op, "x").view({M, K});
   Mat mx, mw;
   const Tensor x = blas_operand(xv, true, M, K, mx, op, "x");
+  const float beta = bias_in.defined() ? 1.f : 0.f;
+
+  // Weights that are not f32 (f16, bf16, ggml blocks) with whole rows in memory: convert them panel by
+  // panel into per-thread f32 scratch and multiply there, so no f32 copy of the matrix is ever made.
+  // This is the reference path for quantized models; the fast-kernels work replaces it.
+  const bool rows_whole = is_quantized(w_in.dtype()) || w_in.strides()[1] == w_in.itemsize();
+  if (w_in.dtype() != DType::f32 && rows_whole) {
+    const auto to_float = traits(w_in.dtype()).to_float;
+    const int64_t panel = std::min(N, std::max<int64_t>(16, (int64_t(256) << 10) / (4 * K)));  // ~256 KB
+    const auto* wb = static_cast<const std::byte*>(w_in.raw());
+    const int64_t wrow = w_in.strides()[0];
+    parallel_for((N + panel - 1) / panel, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<float> scratch(size_t(panel * K));  // (panel, K)
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * panel, n = std::min(N, n0 + panel) - n0;
+        for (int64_t r = 0; r < n; ++r) to_float(wb + (n0 + r) * wrow, scratch.data() + r * K, K);
+        sgemm(mx.trans, true, M, n, K, 1.f, mx.p, mx.ld, scratch.data(), K, beta, yp + n0, N);
+      }
+    });
+    return out;
+  }
   // weight^T (K, N) is the right operand; a row-major weight is passed as BLAS's transposed case.
   const Tensor wt = (f32_aligned(w_in) ? w_in : detail::f32_contiguous(w_in, op, "weight")).transpose(0, 1);
   const Tensor w = blas_operand(wt, false, K, N, mw, op, "weight");
-  sgemm(mx.trans, mw.trans, M, N, K, 1.f, mx.p, mx.ld, mw.p, mw.ld, bias_in.defined() ? 1.f : 0.f, yp, N);
+  sgemm(mx.trans, mw.trans, M, N, K, 1.f, mx.p, mx.ld, mw.p, mw.ld, beta, yp, N);
   return out;
 }
 
