@@ -872,3 +872,14 @@ def test_bad_input_raises(call, exc, match):
 def test_docstring_examples():
     result = doctest.testmod(ops, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("T,offset,theta", [(3000, 0, 10000.0), (1300, 120000, 1e6)])
+def test_rope_long_runs_of_consecutive_positions(isa, rng, T, offset, theta, interleaved):
+    # Consecutive positions build their cos/sin table by angle addition, re-anchored every 256 steps:
+    # long runs and large offsets must stay at float rounding against the float64 reference.
+    x = rng.standard_normal((T, 2, 64), dtype=np.float32)
+    got = lb.ops.rope(x, offset=offset, theta=theta, interleaved=interleaved)
+    want = ref.rope(x.astype(np.float64), offset=offset, theta=theta, interleaved=interleaved)
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()

@@ -220,21 +220,40 @@ Tensor rope(const Tensor& x_in, const Tensor& positions_in, int64_t offset, cons
                                   : p * positions.strides()[0];
     return int_at(base + off, pt);
   };
+  const auto put = [&](float* r, int64_t i, double c, double sn) {
+    if (cfg.interleaved) {
+      r[2 * i] = r[2 * i + 1] = float(c);
+      r[rd + 2 * i] = float(-sn);
+      r[rd + 2 * i + 1] = float(sn);
+    } else {
+      r[i] = float(c);
+      r[half + i] = float(sn);
+    }
+  };
   parallel_for(P, std::max<int64_t>(1, 2048 / std::max<int64_t>(half, 1)), [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const double pos = double(pos_at(p));
-      float* r = table.data() + p * row;
-      for (int64_t i = 0; i < half; ++i) {
-        const double a = pos * freq[size_t(i)];
-        const float c = float(std::cos(a)), s = float(std::sin(a));
-        if (cfg.interleaved) {
-          r[2 * i] = r[2 * i + 1] = c;
-          r[rd + 2 * i] = -s;
-          r[rd + 2 * i + 1] = s;
-        } else {
-          r[i] = c;
-          r[half + i] = s;
+    if (positions.defined()) {
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t i = 0; i < half; ++i) {
+          const double a = double(pos_at(p)) * freq[size_t(i)];
+          put(table.data() + p * row, i, std::cos(a), std::sin(a));
         }
+      return;
+    }
+    // Consecutive positions: exact cos/sin every 256 steps, the angle-addition recurrence (in double)
+    // between them, which costs a few multiplies instead of a sincos per entry.
+    for (int64_t i = 0; i < half; ++i) {
+      const double f = freq[size_t(i)], cf = std::cos(f), sf = std::sin(f);
+      double c = 0, sn = 0;
+      for (int64_t p = p0; p < p1; ++p) {
+        if ((p - p0) % 256 == 0) {
+          const double a = double(offset + p) * f;
+          c = std::cos(a);
+          sn = std::sin(a);
+        }
+        put(table.data() + p * row, i, c, sn);
+        const double c2 = c * cf - sn * sf;
+        sn = sn * cf + c * sf;
+        c = c2;
       }
     }
   });
