@@ -876,10 +876,17 @@ def test_docstring_examples():
 
 @pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize("T,offset,theta", [(3000, 0, 10000.0), (1300, 120000, 1e6)])
-def test_rope_long_runs_of_consecutive_positions(isa, rng, T, offset, theta, interleaved):
-    # Consecutive positions build their cos/sin table by angle addition, re-anchored every 256 steps:
-    # long runs and large offsets must stay at float rounding against the float64 reference.
+@pytest.mark.parametrize("explicit", [False, True])
+def test_rope_long_runs_of_consecutive_positions(isa, rng, T, offset, theta, interleaved, explicit):
+    # Runs of consecutive positions advance cos/sin by angle addition, re-anchored every 256 steps:
+    # long runs, large offsets and a run broken in the middle stay at float rounding.
     x = rng.standard_normal((T, 2, 64), dtype=np.float32)
-    got = lb.ops.rope(x, offset=offset, theta=theta, interleaved=interleaved)
-    want = ref.rope(x.astype(np.float64), offset=offset, theta=theta, interleaved=interleaved)
+    if explicit:
+        pos = offset + np.arange(T, dtype=np.int64)
+        pos[T // 3:] += 17  # a jump: the run restarts from an exact sincos
+        got = lb.ops.rope(x, pos, theta=theta, interleaved=interleaved)
+        want = ref.rope(x.astype(np.float64), pos, theta=theta, interleaved=interleaved)
+    else:
+        got = lb.ops.rope(x, offset=offset, theta=theta, interleaved=interleaved)
+        want = ref.rope(x.astype(np.float64), offset=offset, theta=theta, interleaved=interleaved)
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()

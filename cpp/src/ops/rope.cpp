@@ -1,5 +1,7 @@
 // Rotary position embedding (Su et al. 2021, RoFormer). Angles and their cos/sin are computed in
 // double once per (position, pair) into a table shared by every head; the kernels only rotate.
+#include <vector>
+
 #include "ops/kernel.h"
 
 // x, y: (hd,) one head row, y may be x. cs: the table row of its position.
@@ -231,29 +233,28 @@ Tensor rope(const Tensor& x_in, const Tensor& positions_in, int64_t offset, cons
     }
   };
   parallel_for(P, std::max<int64_t>(1, 2048 / std::max<int64_t>(half, 1)), [&](int64_t p0, int64_t p1) {
-    if (positions.defined()) {
-      for (int64_t p = p0; p < p1; ++p)
-        for (int64_t i = 0; i < half; ++i) {
-          const double a = double(pos_at(p)) * freq[size_t(i)];
-          put(table.data() + p * row, i, std::cos(a), std::sin(a));
-        }
-      return;
-    }
-    // Consecutive positions: exact cos/sin every 256 steps, the angle-addition recurrence (in double)
-    // between them, which costs a few multiplies instead of a sincos per entry.
+    std::vector<int64_t> pos(size_t(p1 - p0));
+    for (int64_t p = p0; p < p1; ++p) pos[size_t(p - p0)] = pos_at(p);
+    // A sincos per entry dominated small heads. Where a position follows its predecessor (prefill,
+    // decode steps), the angle-addition recurrence in double advances cos/sin with a few multiplies;
+    // an exact sincos starts every other position and re-anchors every 256 steps.
     for (int64_t i = 0; i < half; ++i) {
       const double f = freq[size_t(i)], cf = std::cos(f), sf = std::sin(f);
       double c = 0, sn = 0;
+      int64_t steps = 256;
       for (int64_t p = p0; p < p1; ++p) {
-        if ((p - p0) % 256 == 0) {
-          const double a = double(offset + p) * f;
-          c = std::cos(a);
-          sn = std::sin(a);
+        const int64_t q = pos[size_t(p - p0)];
+        if (p > p0 && q == pos[size_t(p - p0 - 1)] + 1 && steps < 256) {
+          const double c2 = c * cf - sn * sf;
+          sn = sn * cf + c * sf;
+          c = c2;
+          ++steps;
+        } else {
+          c = std::cos(double(q) * f);
+          sn = std::sin(double(q) * f);
+          steps = 0;
         }
         put(table.data() + p * row, i, c, sn);
-        const double c2 = c * cf - sn * sf;
-        sn = sn * cf + c * sf;
-        c = c2;
       }
     }
   });
