@@ -234,9 +234,8 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
   const float* vp = v.data<float>();
   float* yp = out.data<float>();
 
-  bool mask_direct = mask.defined() && mask.dtype() == DType::f32 && (S == 1 || mask.strides().back() == 4) &&
-                     reinterpret_cast<uintptr_t>(mask.raw()) % 4 == 0;
-  for (int i = 0; mask_direct && i < mask.ndim(); ++i) mask_direct = mask.strides()[size_t(i)] % 4 == 0;
+  const bool mask_direct =
+      mask.defined() && detail::is_f32_aligned(mask) && (S == 1 || mask.strides().back() == 4);
   const int64_t msb = mask.defined() && batched ? mask.strides()[0] : 0;
   const int64_t msh = mask.defined() ? mask.strides()[size_t(o)] : 0;
   const int64_t mst = mask.defined() ? mask.strides()[size_t(o + 1)] : 0;

@@ -35,12 +35,18 @@ inline Tensor f32_contiguous(const Tensor& t, const char* op, const char* arg) {
   return r;
 }
 
+// f32 with its address and every stride a multiple of 4 bytes: readable as floats in place.
+inline bool is_f32_aligned(const Tensor& t) {
+  bool ok = t.dtype() == DType::f32 && reinterpret_cast<uintptr_t>(t.raw()) % 4 == 0;
+  for (int i = 0; ok && i < t.ndim(); ++i) ok = t.strides()[i] % 4 == 0;
+  return ok;
+}
+
 // The tensor itself when it is f32 with a contiguous last axis and float-aligned strides (kernels
 // then read its rows in place, whatever the outer strides), else a contiguous f32 copy.
 inline Tensor f32_rows(const Tensor& t, const char* op, const char* arg) {
   check_float(t, op, arg);
-  bool ok = t.dtype() == DType::f32 && reinterpret_cast<uintptr_t>(t.raw()) % 4 == 0;
-  for (int i = 0; ok && i < t.ndim(); ++i) ok = t.strides()[i] % 4 == 0;
+  bool ok = is_f32_aligned(t);
   if (ok && t.ndim() > 0 && t.dim(-1) > 1) ok = t.strides().back() == 4;
   return ok ? t : f32_contiguous(t, op, arg);
 }

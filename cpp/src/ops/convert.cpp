@@ -1,11 +1,8 @@
 // Conversions between element types, and the strided copy every op uses to make inputs contiguous.
 #include <cstring>
 
-#include "ops/kernel.h"
+#include "ops/convert.h"
 
-LB_DECLARE_KERNEL(void, f16_to_f32, (const uint16_t* x, float* y, int64_t n))
-LB_DECLARE_KERNEL(void, bf16_to_f32, (const uint16_t* x, float* y, int64_t n))
-LB_DECLARE_KERNEL(void, f32_to_f16, (const float* x, uint16_t* y, int64_t n))
 
 namespace lb::kernels {
 #if LB_SIMD

@@ -2,11 +2,7 @@
 // widened with the convert kernels, so this family has no vector variant of its own.
 #include <cstring>
 
-#include "ops/kernel.h"
-
-// The bulk conversions defined in convert.cpp.
-LB_DECLARE_KERNEL(void, f16_to_f32, (const uint16_t* x, float* y, int64_t n))
-LB_DECLARE_KERNEL(void, bf16_to_f32, (const uint16_t* x, float* y, int64_t n))
+#include "ops/convert.h"
 
 #if !LB_SIMD
 #include "ops/common.h"

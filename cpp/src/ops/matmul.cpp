@@ -42,13 +42,6 @@ bool blas_layout(int64_t rows, int64_t cols, int64_t sr, int64_t sc, bool& trans
   return false;
 }
 
-bool f32_aligned(const Tensor& t) {
-  if (t.dtype() != DType::f32 || reinterpret_cast<uintptr_t>(t.raw()) % 4 != 0) return false;
-  for (int64_t s : t.strides())
-    if (s % 4 != 0) return false;
-  return true;
-}
-
 // Element strides of the matrix part (rows, cols) of t: a 1-D t is a row (as_row) or a column.
 void matrix_strides(const Tensor& t, bool as_row, int64_t& sr, int64_t& sc) {
   if (t.ndim() == 1) {
@@ -64,7 +57,7 @@ void matrix_strides(const Tensor& t, bool as_row, int64_t& sr, int64_t& sc) {
 // contiguous f32 copy; `m` gets the layout (p is the first matrix).
 Tensor blas_operand(const Tensor& t, bool as_row, int64_t rows, int64_t cols, Mat& m, const char* op,
                     const char* arg) {
-  if (f32_aligned(t)) {
+  if (detail::is_f32_aligned(t)) {
     int64_t sr, sc;
     matrix_strides(t, as_row, sr, sc);
     if (blas_layout(rows, cols, sr, sc, m.trans, m.ld)) {
@@ -233,7 +226,7 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Ten
     return out;
   }
   // weight^T (K, N) is the right operand; a row-major weight is passed as BLAS's transposed case.
-  const Tensor wt = (f32_aligned(w_in) ? w_in : detail::f32_contiguous(w_in, op, "weight")).transpose(0, 1);
+  const Tensor wt = (detail::is_f32_aligned(w_in) ? w_in : detail::f32_contiguous(w_in, op, "weight")).transpose(0, 1);
   const Tensor w = blas_operand(wt, false, K, N, mw, op, "weight");
   sgemm(mx.trans, mw.trans, M, N, K, 1.f, mx.p, mx.ld, mw.p, mw.ld, beta, yp, N);
   return out;
