@@ -1,6 +1,6 @@
 """lmblocks: compose, run and look inside tiny language models on CPUs.
 
-Python describes, C++ runs: kernels and (soon) whole models execute natively with the GIL released,
+Python describes, C++ runs: kernels and whole models execute natively with the GIL released,
 on one thread pool; NumPy arrays and lmblocks tensors share memory without copies.
 
 >>> import numpy as np, lmblocks as lb
@@ -33,7 +33,10 @@ from ._core import (  # noqa: E402
     set_num_threads,
     zeros,
 )
-from . import io, ops, sampling, tokenize  # noqa: E402
+from . import assets, io, ops, sampling, tokenize  # noqa: E402
+from ._core import nn  # noqa: E402
+from . import models  # noqa: E402
+from .model import Model, load  # noqa: E402
 from .quant import dequantize  # noqa: E402
 from .io.detect import inspect  # noqa: E402
 
@@ -68,4 +71,5 @@ def from_file(path, offset: int, shape, dtype) -> Tensor:
 __all__ = [
     "__version__", "Tensor", "MappedFile", "asarray", "empty", "zeros", "from_file", "dtype_info", "dtypes",
     "set_num_threads", "get_num_threads", "set_isa", "get_isa", "cpu_info", "ops", "io", "tokenize", "sampling", "dequantize", "inspect",
+    "nn", "models", "Model", "load",
 ]

@@ -48,4 +48,16 @@ inline float bf16_to_f32(uint16_t h) {
 }
 uint16_t f32_to_bf16(float f);  // round to nearest even, nan kept quiet
 
+// One i32 or i64 element (token ids, positions) at p, whatever its alignment.
+inline int64_t index_at(const void* p, DType t) {
+  if (t == DType::i64) {
+    int64_t v;
+    __builtin_memcpy(&v, p, 8);
+    return v;
+  }
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return v;
+}
+
 }  // namespace lb

@@ -69,4 +69,25 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
 // Elementwise copy with conversion between plain types (any strides, same shape).
 void copy(const Tensor& src, Tensor& dst);
 
+// --- Pointer-level pieces the inference engine (cpp/src/blocks/) calls between Tensor ops ---
+
+// cos/sin rows of P positions, built once per forward pass and shared by every layer with this Rope.
+using RopeKernel = void (*)(const float* x, float* y, const float* cs, int64_t rd, int64_t hd);
+struct RopeTable {
+  int64_t rotary_dim = 0, stride = 0;
+  RopeKernel fn = nullptr;
+  std::vector<float> data;  // (P, stride)
+  const float* row(int64_t p) const { return data.data() + p * stride; }
+};
+RopeTable rope_table(const Rope& cfg, int64_t head_dim, const int64_t* positions, int64_t P);
+// Rotates x in place: P rows `row_stride` floats apart, each holding H heads of hd floats.
+void rope_rows(const RopeTable& table, float* x, int64_t P, int64_t H, int64_t hd, int64_t row_stride);
+
+// One query row against the n keys it sees (the kernel under attention()): q (hd,), k n rows `ks`
+// floats apart, v n rows `vs` apart, mask (n,) additive or null, s (n,) scratch, out (hdv,).
+using AttentionRowKernel = void (*)(const float* q, const float* k, const float* v, const float* mask, float* s,
+                                    float* out, int64_t n, int64_t hd, int64_t hdv, int64_t ks, int64_t vs,
+                                    float scale, float softcap);
+AttentionRowKernel attention_row_kernel();  // for the active ISA
+
 }  // namespace lb::ops

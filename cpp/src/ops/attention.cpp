@@ -170,6 +170,8 @@ float mask_value(const std::byte* p, DType t) {
 
 }  // namespace
 
+AttentionRowKernel attention_row_kernel() { return LB_DISPATCH(attention_row); }
+
 Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& mask_in,
                  const Attention& cfg, Tensor out) {
   constexpr const char* op = "attention";

@@ -113,18 +113,6 @@ std::string num(double v) {
   return b;
 }
 
-// One i32 or i64 element.
-int64_t int_at(const std::byte* p, DType t) {
-  if (t == DType::i64) {
-    int64_t v;
-    std::memcpy(&v, p, 8);
-    return v;
-  }
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
 // theta^(-2i/rd) for i < rd/2, then the scaling rule; `op` names the caller in errors.
 std::vector<double> inv_freq(int64_t rd, const Rope& cfg, const char* op) {
   if (rd <= 0 || rd % 2 != 0)
@@ -168,11 +156,75 @@ std::vector<double> inv_freq(int64_t rd, const Rope& cfg, const char* op) {
   return f;
 }
 
+// cos/sin rows for positions pos[0, P), in the layout the rope kernels read.
+RopeTable build_table(const Rope& cfg, int64_t rd, const std::vector<double>& freq, const int64_t* pos, int64_t P) {
+  RopeTable t;
+  t.rotary_dim = rd;
+  t.stride = cfg.interleaved ? 2 * rd : rd;  // floats per table row
+  t.fn = cfg.interleaved ? LB_DISPATCH(rope_interleaved) : LB_DISPATCH(rope_halves);
+  t.data.resize(static_cast<size_t>(P * t.stride));  // (P, stride)
+  const int64_t half = rd / 2;
+  const auto put = [&](float* r, int64_t i, double c, double sn) {
+    if (cfg.interleaved) {
+      r[2 * i] = r[2 * i + 1] = float(c);
+      r[rd + 2 * i] = float(-sn);
+      r[rd + 2 * i + 1] = float(sn);
+    } else {
+      r[i] = float(c);
+      r[half + i] = float(sn);
+    }
+  };
+  parallel_for(P, std::max<int64_t>(1, 2048 / std::max<int64_t>(half, 1)), [&](int64_t p0, int64_t p1) {
+    // A sincos per entry dominated small heads. Where a position follows its predecessor (prefill,
+    // decode steps), the angle-addition recurrence in double advances cos/sin with a few multiplies;
+    // an exact sincos starts every other position and re-anchors every 256 steps.
+    for (int64_t i = 0; i < half; ++i) {
+      const double f = freq[size_t(i)], cf = std::cos(f), sf = std::sin(f);
+      double c = 0, sn = 0;
+      int64_t steps = 256;
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t q = pos[p];
+        if (p > p0 && q == pos[p - 1] + 1 && steps < 256) {
+          const double c2 = c * cf - sn * sf;
+          sn = sn * cf + c * sf;
+          c = c2;
+          ++steps;
+        } else {
+          c = std::cos(double(q) * f);
+          sn = std::sin(double(q) * f);
+          steps = 0;
+        }
+        put(t.data.data() + p * t.stride, i, c, sn);
+      }
+    }
+  });
+  return t;
+}
+
 }  // namespace
 
 std::vector<double> rope_inv_freq(int64_t rotary_dim, const Rope& cfg) {
   return inv_freq(rotary_dim, cfg, "rope_inv_freq");
 }
+
+RopeTable rope_table(const Rope& cfg, int64_t head_dim, const int64_t* positions, int64_t P) {
+  const int64_t rd = cfg.rotary_dim == 0 ? head_dim : cfg.rotary_dim;
+  if (rd <= 0 || rd > head_dim || rd % 2 != 0)
+    throw ValueError("rope: rotary_dim " + std::to_string(cfg.rotary_dim) + " with head_dim " +
+                     std::to_string(head_dim) + "; expected an even number in [2, head_dim]");
+  return build_table(cfg, rd, inv_freq(rd, cfg, "rope"), positions, P);
+}
+
+void rope_rows(const RopeTable& table, float* x, int64_t P, int64_t H, int64_t hd, int64_t row_stride) {
+  detail::for_rows(P, H * hd, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t h = 0; h < H; ++h) {
+        float* xh = x + r * row_stride + h * hd;
+        table.fn(xh, xh, table.row(r), table.rotary_dim, hd);
+      }
+  });
+}
+
 
 Tensor rope(const Tensor& x_in, const Tensor& positions_in, int64_t offset, const Rope& cfg, Tensor out) {
   constexpr const char* op = "rope";
@@ -210,67 +262,31 @@ Tensor rope(const Tensor& x_in, const Tensor& positions_in, int64_t offset, cons
   out = detail::prepare_out(out, x_in.shape(), op, {{x_in, "x", true}, {positions_in, "positions", false}});
   if (x.numel() == 0) return out;
 
-  const int64_t half = rd / 2;
-  const int64_t row = cfg.interleaved ? 2 * rd : rd;  // floats per table row
   const int64_t P = per_batch ? B * T : T;
-  std::vector<float> table(static_cast<size_t>(P * row));  // (P, row)
   const DType pt = positions.defined() ? positions.dtype() : DType::i64;
-  const auto pos_at = [&](int64_t p) -> int64_t {
-    if (!positions.defined()) return offset + p;
+  std::vector<int64_t> pos(static_cast<size_t>(P));  // (P,)
+  for (int64_t p = 0; p < P; ++p) {
+    if (!positions.defined()) {
+      pos[size_t(p)] = offset + p;
+      continue;
+    }
     const std::byte* base = static_cast<const std::byte*>(positions.raw());
     const int64_t off = per_batch ? (p / T) * positions.strides()[0] + (p % T) * positions.strides()[1]
                                   : p * positions.strides()[0];
-    return int_at(base + off, pt);
-  };
-  const auto put = [&](float* r, int64_t i, double c, double sn) {
-    if (cfg.interleaved) {
-      r[2 * i] = r[2 * i + 1] = float(c);
-      r[rd + 2 * i] = float(-sn);
-      r[rd + 2 * i + 1] = float(sn);
-    } else {
-      r[i] = float(c);
-      r[half + i] = float(sn);
-    }
-  };
-  parallel_for(P, std::max<int64_t>(1, 2048 / std::max<int64_t>(half, 1)), [&](int64_t p0, int64_t p1) {
-    std::vector<int64_t> pos(size_t(p1 - p0));
-    for (int64_t p = p0; p < p1; ++p) pos[size_t(p - p0)] = pos_at(p);
-    // A sincos per entry dominated small heads. Where a position follows its predecessor (prefill,
-    // decode steps), the angle-addition recurrence in double advances cos/sin with a few multiplies;
-    // an exact sincos starts every other position and re-anchors every 256 steps.
-    for (int64_t i = 0; i < half; ++i) {
-      const double f = freq[size_t(i)], cf = std::cos(f), sf = std::sin(f);
-      double c = 0, sn = 0;
-      int64_t steps = 256;
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t q = pos[size_t(p - p0)];
-        if (p > p0 && q == pos[size_t(p - p0 - 1)] + 1 && steps < 256) {
-          const double c2 = c * cf - sn * sf;
-          sn = sn * cf + c * sf;
-          c = c2;
-          ++steps;
-        } else {
-          c = std::cos(double(q) * f);
-          sn = std::sin(double(q) * f);
-          steps = 0;
-        }
-        put(table.data() + p * row, i, c, sn);
-      }
-    }
-  });
+    pos[size_t(p)] = index_at(base + off, pt);
+  }
+  const RopeTable table = build_table(cfg, rd, freq, pos.data(), P);
 
-  const auto fn = cfg.interleaved ? LB_DISPATCH(rope_interleaved) : LB_DISPATCH(rope_halves);
   const std::byte* xb = static_cast<const std::byte*>(x.raw());
   const int64_t sb = batched ? x.strides()[0] : 0, st = x.strides()[x.ndim() - 3], sh = x.strides()[x.ndim() - 2];
   float* yp = out.data<float>();
   detail::for_rows(B * T, H * hd, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / T, t = r % T;
-      const float* cs = table.data() + (per_batch ? r : t) * row;
       const std::byte* xr = xb + b * sb + t * st;
       float* yr = yp + r * H * hd;
       for (int64_t h = 0; h < H; ++h)
-        fn(reinterpret_cast<const float*>(xr + h * sh), yr + h * hd, cs, rd, hd);
+        table.fn(reinterpret_cast<const float*>(xr + h * sh), yr + h * hd, table.row(per_batch ? r : t), rd, hd);
     }
   });
   return out;

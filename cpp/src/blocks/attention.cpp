@@ -1,0 +1,173 @@
+// Causal self-attention over the KV cache (Vaswani et al. 2017), with grouped kv heads (Ainslie et
+// al. 2023), sliding windows (Mistral, Gemma), QK-norm (Gemma 3) and rope (Su et al. 2021).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "lmblocks/blocks.h"
+#include "lmblocks/error.h"
+#include "lmblocks/runtime.h"
+#include "ops/convert.h"
+
+namespace lb::blocks {
+
+namespace {
+
+void check_proj(const Tensor& w, int64_t rows, int64_t cols, const char* name) {
+  if (!w.defined() || w.ndim() != 2 || w.dim(0) != rows || (cols >= 0 && w.dim(1) != cols))
+    throw ValueError(std::string("Attention: ") + name + " has shape " +
+                     (w.defined() ? shape_str(w.shape()) : std::string("none")) + "; expected (" +
+                     std::to_string(rows) + ", " + (cols >= 0 ? std::to_string(cols) : std::string("D")) + ")");
+}
+
+void check_vec(const Tensor& b, int64_t n, const char* name) {
+  if (b.defined() && (b.ndim() != 1 || b.dim(0) != n))
+    throw ValueError(std::string("Attention: ") + name + " has shape " + shape_str(b.shape()) + "; expected (" +
+                     std::to_string(n) + ",)");
+}
+
+constexpr int64_t kTile = 32;  // queries per task: one gathered key range serves them all
+
+}  // namespace
+
+Attention::Attention(const AttentionConfig& c, Tensor q, Tensor k, Tensor v, Tensor o, Tensor qb, Tensor kb, Tensor vb,
+                     Tensor ob, Tensor qn, Tensor kn)
+    : cfg(c), q_proj(std::move(q)), k_proj(std::move(k)), v_proj(std::move(v)), o_proj(std::move(o)),
+      q_bias(std::move(qb)), k_bias(std::move(kb)), v_bias(std::move(vb)), o_bias(std::move(ob)),
+      q_norm(std::move(qn)), k_norm(std::move(kn)) {
+  const int64_t H = cfg.n_heads, Hkv = cfg.n_kv_heads, hd = cfg.head_dim;
+  if (H <= 0 || Hkv <= 0 || hd <= 0 || H % Hkv != 0)
+    throw ValueError("Attention: n_heads " + std::to_string(H) + ", n_kv_heads " + std::to_string(Hkv) + ", head_dim " +
+                     std::to_string(hd) + "; need positive sizes with n_heads divisible by n_kv_heads");
+  if (cfg.window < 0) throw ValueError("Attention: window must be >= 0, got " + std::to_string(cfg.window));
+  check_proj(q_proj, H * hd, -1, "q_proj");
+  const int64_t D = q_proj.dim(1);
+  check_proj(k_proj, Hkv * hd, D, "k_proj");
+  check_proj(v_proj, Hkv * hd, D, "v_proj");
+  check_proj(o_proj, D, H * hd, "o_proj");
+  check_vec(q_bias, H * hd, "q_bias");
+  check_vec(k_bias, Hkv * hd, "k_bias");
+  check_vec(v_bias, Hkv * hd, "v_bias");
+  check_vec(o_bias, D, "o_bias");
+  check_vec(q_norm, hd, "q_norm");
+  check_vec(k_norm, hd, "k_norm");
+  ops::rope_inv_freq(cfg.rope.rotary_dim == 0 ? hd : cfg.rope.rotary_dim, cfg.rope);  // validates the rope now
+}
+
+std::vector<std::pair<std::string, Tensor>> Attention::weights() const {
+  std::vector<std::pair<std::string, Tensor>> w = {
+      {"q_proj", q_proj}, {"k_proj", k_proj}, {"v_proj", v_proj}, {"o_proj", o_proj}};
+  const std::pair<const char*, const Tensor*> opt[] = {{"q_bias", &q_bias}, {"k_bias", &k_bias}, {"v_bias", &v_bias},
+                                                       {"o_bias", &o_bias}, {"q_norm", &q_norm}, {"k_norm", &k_norm}};
+  for (const auto& [name, t] : opt)
+    if (t->defined()) w.emplace_back(name, *t);
+  return w;
+}
+
+Tensor Attention::forward(Context& ctx, const Tensor& x) {
+  const int64_t N = ctx.N, H = cfg.n_heads, Hkv = cfg.n_kv_heads, hd = cfg.head_dim, G = H / Hkv;
+  Tensor q = ops::linear(x, q_proj, q_bias);  // (N, H*hd)
+  Tensor k = ops::linear(x, k_proj, k_bias);  // (N, Hkv*hd)
+  Tensor v = ops::linear(x, v_proj, v_bias);  // (N, Hkv*hd)
+  if (q_norm.defined()) {
+    Tensor qh = q.view({N * H, hd});
+    ops::rms_norm(qh, q_norm, cfg.qk_norm_eps, 0.f, qh);
+  }
+  if (k_norm.defined()) {
+    Tensor kh = k.view({N * Hkv, hd});
+    ops::rms_norm(kh, k_norm, cfg.qk_norm_eps, 0.f, kh);
+  }
+  const ops::RopeTable& rt = ctx.rope_table(cfg.rope, hd);
+  ops::rope_rows(rt, q.data<float>(), N, H, hd, H * hd);
+  ops::rope_rows(rt, k.data<float>(), N, Hkv, hd, Hkv * hd);
+
+  // Append this batch's keys and values to the cache: position p of sequence s lives in slot p % C.
+  KVCache::Layer& L = ctx.cache->layer(this);
+  const int64_t C = L.capacity;
+  const bool f16 = L.k.dtype() == DType::f16;
+  const auto to_f16 = LB_DISPATCH(f32_to_f16);
+  const auto from_f16 = LB_DISPATCH(f16_to_f32);
+  const int64_t esize = f16 ? 2 : 4;
+  auto* kc = static_cast<std::byte*>(L.k.raw());
+  auto* vc = static_cast<std::byte*>(L.v.raw());
+  for (const Run& run : ctx.runs) {
+    parallel_for(run.n, 64, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t i = run.begin + t, slot = (run.pos0 + t) % C;
+        for (int64_t g = 0; g < Hkv; ++g) {
+          const int64_t off = ((run.seq * Hkv + g) * C + slot) * hd * esize;
+          const float* ks = k.data<float>() + (i * Hkv + g) * hd;
+          const float* vs = v.data<float>() + (i * Hkv + g) * hd;
+          if (f16) {
+            to_f16(ks, reinterpret_cast<uint16_t*>(kc + off), hd);
+            to_f16(vs, reinterpret_cast<uint16_t*>(vc + off), hd);
+          } else {
+            std::memcpy(kc + off, ks, size_t(hd) * 4);
+            std::memcpy(vc + off, vs, size_t(hd) * 4);
+          }
+        }
+      }
+    });
+  }
+
+  // Attend: one task per (run, kv head, tile of queries). The task gathers the key range its queries
+  // see once (in position order, unwrapping the ring and widening f16) and serves all G query heads.
+  struct Task {
+    size_t run;
+    int64_t g, t0, t1;
+  };
+  std::vector<Task> tasks;
+  for (size_t r = 0; r < ctx.runs.size(); ++r)
+    for (int64_t g = 0; g < Hkv; ++g)
+      for (int64_t t0 = 0; t0 < ctx.runs[r].n; t0 += kTile)
+        tasks.push_back({r, g, t0, std::min(ctx.runs[r].n, t0 + kTile)});
+  Tensor out = Tensor::empty({N, H * hd});  // (N, H*hd)
+  const auto row = ops::attention_row_kernel();
+  const float scale = cfg.scale > 0.f ? cfg.scale : 1.f / std::sqrt(float(hd));
+  const int64_t W = cfg.window;
+  const float* qp = q.data<float>();
+  float* op = out.data<float>();
+  parallel_for(int64_t(tasks.size()), 1, [&](int64_t a0, int64_t a1) {
+    std::vector<float> kbuf, vbuf, s;
+    for (int64_t a = a0; a < a1; ++a) {
+      const Task& task = tasks[size_t(a)];
+      const Run& run = ctx.runs[task.run];
+      const int64_t p_first = run.pos0 + task.t0, hi = run.pos0 + task.t1;  // keys [lo, hi)
+      const int64_t lo = W > 0 ? std::max<int64_t>(0, p_first - W + 1) : 0, nk = hi - lo;
+      const int64_t base = (run.seq * Hkv + task.g) * C;  // first slot of this (sequence, kv head)
+      const float *kp, *vp;
+      if (!f16 && lo % C + nk <= C) {
+        kp = reinterpret_cast<const float*>(kc) + (base + lo % C) * hd;
+        vp = reinterpret_cast<const float*>(vc) + (base + lo % C) * hd;
+      } else {
+        kbuf.resize(size_t(nk * hd));
+        vbuf.resize(size_t(nk * hd));
+        for (int64_t j = 0; j < nk;) {  // at most two contiguous pieces of the ring
+          const int64_t slot = (lo + j) % C, m = std::min(nk - j, C - slot);
+          const int64_t off = (base + slot) * hd * esize;
+          if (f16) {
+            from_f16(reinterpret_cast<const uint16_t*>(kc + off), kbuf.data() + j * hd, m * hd);
+            from_f16(reinterpret_cast<const uint16_t*>(vc + off), vbuf.data() + j * hd, m * hd);
+          } else {
+            std::memcpy(kbuf.data() + j * hd, kc + off, size_t(m * hd) * 4);
+            std::memcpy(vbuf.data() + j * hd, vc + off, size_t(m * hd) * 4);
+          }
+          j += m;
+        }
+        kp = kbuf.data();
+        vp = vbuf.data();
+      }
+      s.resize(size_t(nk));
+      for (int64_t t = task.t0; t < task.t1; ++t) {
+        const int64_t p = run.pos0 + t, i = run.begin + t;
+        const int64_t klo = W > 0 ? std::max(lo, p - W + 1) : lo, n = p - klo + 1;
+        for (int64_t h = task.g * G; h < (task.g + 1) * G; ++h)
+          row(qp + (i * H + h) * hd, kp + (klo - lo) * hd, vp + (klo - lo) * hd, nullptr, s.data(),
+              op + (i * H + h) * hd, n, hd, hd, hd, hd, scale, cfg.softcap);
+      }
+    }
+  });
+  return ops::linear(out, o_proj, o_bias);  // (N, D)
+}
+
+}  // namespace lb::blocks

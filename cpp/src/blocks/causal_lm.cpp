@@ -1,0 +1,230 @@
+// The decoder around the blocks: batch bookkeeping, the KV cache, embedding, the output head.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "lmblocks/blocks.h"
+#include "lmblocks/error.h"
+#include "lmblocks/runtime.h"
+
+namespace lb::blocks {
+
+namespace {
+
+bool same_rope(const ops::Rope& a, const ops::Rope& b) {
+  return a.theta == b.theta && a.rotary_dim == b.rotary_dim && a.interleaved == b.interleaved &&
+         a.scaling == b.scaling && a.factor == b.factor && a.low_freq_factor == b.low_freq_factor &&
+         a.high_freq_factor == b.high_freq_factor && a.original_max_position == b.original_max_position;
+}
+
+void walk(const BlockPtr& b, std::vector<const Attention*>& out) {
+  if (!b) return;
+  if (const auto* a = dynamic_cast<const Attention*>(b.get())) out.push_back(a);
+  for (const BlockPtr& c : b->children()) walk(c, out);
+}
+
+int64_t int_at(const Tensor& t, int64_t i) {
+  return index_at(static_cast<const std::byte*>(t.raw()) + i * t.strides()[0], t.dtype());
+}
+
+void check_ids(const Tensor& t, const char* name) {
+  if (!t.defined()) return;
+  if (t.dtype() != DType::i32 && t.dtype() != DType::i64)
+    throw TypeError(std::string("CausalLM.forward: ") + name + " has dtype " + lb::name(t.dtype()) +
+                    "; expected i32 or i64");
+  if (t.ndim() != 1)
+    throw ValueError(std::string("CausalLM.forward: ") + name + " has shape " + shape_str(t.shape()) +
+                     "; expected (N,)");
+}
+
+}  // namespace
+
+const ops::RopeTable& Context::rope_table(const ops::Rope& rope, int64_t hd) {
+  for (const Entry& e : tables_)
+    if (e.hd == hd && same_rope(e.rope, rope)) return e.table;
+  tables_.push_back({rope, hd, ops::rope_table(rope, hd, pos.data(), N)});
+  return tables_.back().table;
+}
+
+// ---- KVCache ---------------------------------------------------------------------------------------
+
+KVCache::KVCache(const std::vector<const Attention*>& blocks, int64_t n_seq, int64_t n_ctx, int64_t n_batch,
+                 DType dtype)
+    : len_(size_t(std::max<int64_t>(n_seq, 0)), 0), n_ctx_(n_ctx), n_batch_(n_batch), dtype_(dtype) {
+  if (n_seq <= 0 || n_ctx <= 0 || n_batch <= 0)
+    throw ValueError("KVCache: n_seq " + std::to_string(n_seq) + ", n_ctx " + std::to_string(n_ctx) + ", n_batch " +
+                     std::to_string(n_batch) + "; all must be positive");
+  if (dtype != DType::f32 && dtype != DType::f16)
+    throw TypeError(std::string("KVCache: dtype ") + name(dtype) + " is not supported; use f32 or f16");
+  // Size first, allocate second: a cache that cannot fit says so instead of failing inside malloc.
+  int64_t total = 0;
+  for (const Attention* a : blocks) {
+    const auto& c = a->cfg;
+    const int64_t cap = c.window > 0 ? std::min(n_ctx, c.window + n_batch - 1) : n_ctx;
+    total += 2 * n_seq * c.n_kv_heads * cap * c.head_dim * traits(dtype).type_size;
+  }
+  if (total > (int64_t(1) << 40))
+    throw ValueError("KVCache: " + std::to_string(total >> 30) + " GiB for n_seq " + std::to_string(n_seq) +
+                     " and n_ctx " + std::to_string(n_ctx) + " is more than this machine can hold");
+  for (const Attention* a : blocks) {
+    const auto& c = a->cfg;
+    const int64_t cap = c.window > 0 ? std::min(n_ctx, c.window + n_batch - 1) : n_ctx;
+    const Shape shape = {n_seq, c.n_kv_heads, cap, c.head_dim};
+    index_.emplace(a, layers_.size());
+    layers_.push_back({a, c.n_kv_heads, c.head_dim, cap, c.window, Tensor::empty(shape, dtype), Tensor::empty(shape, dtype)});
+  }
+}
+
+KVCache::Layer& KVCache::layer(const Attention* block) {
+  const auto it = index_.find(block);
+  if (it == index_.end()) throw ValueError("KVCache: this cache was not made for this model (an attention block is missing)");
+  return layers_[it->second];
+}
+
+int64_t KVCache::length(int64_t seq) const {
+  if (seq < 0 || seq >= n_seq())
+    throw IndexError("KVCache: sequence " + std::to_string(seq) + " out of range [0, " + std::to_string(n_seq()) + ")");
+  return len_[size_t(seq)];
+}
+
+void KVCache::clear(int64_t seq) {
+  if (seq < 0) {
+    std::fill(len_.begin(), len_.end(), 0);
+    return;
+  }
+  length(seq);  // range check
+  len_[size_t(seq)] = 0;
+}
+
+int64_t KVCache::nbytes() const {
+  int64_t n = 0;
+  for (const Layer& l : layers_) n += l.k.nbytes() + l.v.nbytes();
+  return n;
+}
+
+// ---- CausalLM --------------------------------------------------------------------------------------
+
+CausalLM::CausalLM(Tensor embed, float scale, BlockPtr body_, BlockPtr norm_, Tensor head, float softcap)
+    : embed_tokens(std::move(embed)), embed_scale(scale), body(std::move(body_)), norm(std::move(norm_)),
+      lm_head(std::move(head)), final_softcap(softcap) {
+  if (!embed_tokens.defined() || embed_tokens.ndim() != 2)
+    throw ValueError("CausalLM: embed_tokens must be 2-D (V, D)");
+  if (!lm_head.defined()) lm_head = embed_tokens;  // tied
+  if (lm_head.ndim() != 2 || lm_head.dim(1) != embed_tokens.dim(1))
+    throw ValueError("CausalLM: lm_head has shape " + shape_str(lm_head.shape()) + "; expected (V, " +
+                     std::to_string(embed_tokens.dim(1)) + ") to match embed_tokens " + shape_str(embed_tokens.shape()));
+  if (!body) throw ValueError("CausalLM: body is required");
+  for (const Attention* a : attention_blocks())
+    if (a->model_dim() != model_dim())
+      throw ValueError("CausalLM: an attention block takes D=" + std::to_string(a->model_dim()) +
+                       " but the embedding has D=" + std::to_string(model_dim()));
+}
+
+std::vector<const Attention*> CausalLM::attention_blocks() const {
+  std::vector<const Attention*> out;
+  walk(body, out);
+  return out;
+}
+
+std::shared_ptr<KVCache> CausalLM::make_cache(int64_t n_seq, int64_t n_ctx, int64_t n_batch, DType dtype) const {
+  return std::make_shared<KVCache>(attention_blocks(), n_seq, n_ctx, n_batch, dtype);
+}
+
+Tensor CausalLM::forward(KVCache& cache, const Tensor& tokens, const Tensor& seq, Logits logits) {
+  check_ids(tokens, "tokens");
+  check_ids(seq, "seq");
+  const int64_t N = tokens.defined() ? tokens.dim(0) : 0, V = embed_tokens.dim(0);
+  if (N == 0) throw ValueError("CausalLM.forward: no tokens");
+  if (seq.defined() && seq.dim(0) != N)
+    throw ValueError("CausalLM.forward: seq has " + std::to_string(seq.dim(0)) + " entries for " + std::to_string(N) +
+                     " tokens");
+  for (const Attention* a : attention_blocks()) cache.layer(a);  // the cache belongs to this model
+
+  // Runs of consecutive tokens of one sequence, each continuing that sequence in the cache.
+  std::vector<int32_t> ids(static_cast<size_t>(N));
+  std::vector<Run> runs;
+  std::vector<char> seen(size_t(cache.n_seq()), 0);
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t t = int_at(tokens, i), s = seq.defined() ? int_at(seq, i) : 0;
+    if (t < 0 || t >= V)
+      throw IndexError("CausalLM.forward: token " + std::to_string(t) + " at index " + std::to_string(i) +
+                       " is outside the vocabulary [0, " + std::to_string(V) + ")");
+    if (s < 0 || s >= cache.n_seq())
+      throw IndexError("CausalLM.forward: sequence id " + std::to_string(s) + " at index " + std::to_string(i) +
+                       " is outside the cache's [0, " + std::to_string(cache.n_seq()) + ")");
+    ids[size_t(i)] = int32_t(t);
+    if (runs.empty() || runs.back().seq != s) {
+      if (seen[size_t(s)])
+        throw ValueError("CausalLM.forward: the tokens of sequence " + std::to_string(s) + " are not consecutive");
+      seen[size_t(s)] = 1;
+      runs.push_back({int32_t(s), i, 0, cache.len_[size_t(s)]});
+    }
+    ++runs.back().n;
+  }
+  for (const Run& r : runs)
+    if (r.pos0 + r.n > cache.n_ctx())
+      throw ValueError("CausalLM.forward: sequence " + std::to_string(r.seq) + " would reach " +
+                       std::to_string(r.pos0 + r.n) + " tokens (" + std::to_string(r.pos0) + " cached + " +
+                       std::to_string(r.n) + " new), more than the context of " + std::to_string(cache.n_ctx()));
+
+  const int64_t R = int64_t(runs.size());
+  Tensor out = logits == Logits::all ? Tensor::empty({N, V}) : logits == Logits::last ? Tensor::empty({R, V}) : Tensor();
+  // Chunks of at most n_batch tokens (what the sliding-window rings are sized for).
+  const int64_t B = cache.n_batch();
+  size_t r = 0;
+  int64_t done_in_run = 0;
+  for (int64_t c0 = 0; c0 < N; c0 += B) {
+    Context ctx;
+    ctx.cache = &cache;
+    ctx.N = std::min(B, N - c0);
+    ctx.pos.resize(size_t(ctx.N));
+    std::vector<std::pair<int64_t, int64_t>> last_rows;  // (row in chunk, row of out) for Logits::last
+    for (int64_t i = 0; i < ctx.N;) {
+      const Run& run = runs[r];
+      const int64_t n = std::min(run.n - done_in_run, ctx.N - i);
+      ctx.runs.push_back({run.seq, i, n, cache.len_[size_t(run.seq)]});
+      for (int64_t t = 0; t < n; ++t) ctx.pos[size_t(i + t)] = ctx.runs.back().pos0 + t;
+      done_in_run += n;
+      i += n;
+      if (done_in_run == run.n) {
+        last_rows.emplace_back(i - 1, int64_t(r));
+        ++r;
+        done_in_run = 0;
+      }
+    }
+    const Tensor h = forward_chunk(cache, ids.data() + c0, ctx, logits);  // (n, D) normed
+    for (const Run& cr : ctx.runs) cache.len_[size_t(cr.seq)] += cr.n;
+    if (logits == Logits::all) {
+      Tensor rows = out.slice(0, c0, c0 + ctx.N, 1);
+      ops::linear(h, lm_head, {}, rows);
+    } else if (logits == Logits::last) {
+      for (const auto& [row, o] : last_rows) {
+        Tensor dst = out.slice(0, o, o + 1, 1);
+        ops::linear(h.slice(0, row, row + 1, 1), lm_head, {}, dst);
+      }
+    }
+  }
+  if (out.defined() && final_softcap > 0.f) {
+    float* p = out.data<float>();
+    const float c = final_softcap;
+    parallel_for(out.numel(), 4096, [&](int64_t a, int64_t b) {
+      for (int64_t i = a; i < b; ++i) p[i] = c * std::tanh(p[i] / c);
+    });
+  }
+  return out;
+}
+
+Tensor CausalLM::forward_chunk(KVCache&, const int32_t* tokens, Context& ctx, Logits logits) {
+  Tensor ids = Tensor::empty({ctx.N}, DType::i32);
+  std::memcpy(ids.raw(), tokens, size_t(ctx.N) * 4);
+  Tensor x = ops::embedding(ids, embed_tokens);  // (n, D)
+  if (embed_scale != 1.f) {
+    float* p = x.data<float>();
+    for (int64_t i = 0; i < x.numel(); ++i) p[i] *= embed_scale;
+  }
+  x = body->forward(ctx, x);
+  if (logits == Logits::none) return x;
+  return norm ? norm->forward(ctx, x) : x;
+}
+
+}  // namespace lb::blocks

@@ -1,0 +1,165 @@
+// lb._core.nn: the native blocks and the decoder. Python (lmblocks.nn, lmblocks.models) composes them;
+// CausalLM.forward runs a whole batch without the GIL.
+#include "lmblocks/blocks.h"
+
+#include "bindings.h"
+
+namespace lb::py_bind {
+namespace {
+
+using namespace blocks;
+using Scaling = std::tuple<std::string, double, double, double, double>;
+
+Activation activation_arg(const std::string& s) {
+  if (s == "silu") return Activation::silu;
+  if (s == "gelu_tanh" || s == "gelu_pytorch_tanh") return Activation::gelu_tanh;
+  if (s == "gelu" || s == "gelu_erf") return Activation::gelu_erf;
+  throw ValueError("MLP: activation '" + s + "' is not one of 'silu', 'gelu_tanh', 'gelu'");
+}
+
+Logits logits_arg(const std::string& s) {
+  if (s == "last") return Logits::last;
+  if (s == "all") return Logits::all;
+  if (s == "none") return Logits::none;
+  throw ValueError("CausalLM.forward: logits must be 'last', 'all' or 'none', got '" + s + "'");
+}
+
+py::dict weights_dict(const Block& b) {
+  py::dict d;
+  for (const auto& [name, t] : b.weights()) d[py::str(name)] = py::cast(t);
+  return d;
+}
+
+}  // namespace
+
+void bind_blocks(py::module_ m) {
+  py::class_<Block, BlockPtr>(m, "Block")
+      .def_property_readonly("kind", &Block::kind)
+      .def_property_readonly("children", &Block::children)
+      .def("weights", &weights_dict, "The tensors this block holds itself, by name (zero-copy).");
+
+  py::class_<RMSNorm, Block, std::shared_ptr<RMSNorm>>(m, "RMSNorm")
+      .def(py::init([](py::object w, float eps, float offset) {
+             return std::make_shared<RMSNorm>(to_tensor(w, "RMSNorm", "weight"), eps, offset);
+           }),
+           py::arg("weight"), py::arg("eps") = 1e-6f, py::arg("offset") = 0.f)
+      .def_readonly("eps", &RMSNorm::eps)
+      .def_readonly("offset", &RMSNorm::offset);
+
+  py::class_<Attention, Block, std::shared_ptr<Attention>>(m, "Attention")
+      .def(py::init([](int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, py::object q, py::object k, py::object v,
+                       py::object o, py::object qb, py::object kb, py::object vb, py::object ob, py::object qn,
+                       py::object kn, double rope_theta, int64_t rotary_dim, bool rope_interleaved,
+                       const Scaling& sc, int64_t window, float scale, float softcap, float qk_norm_eps) {
+             AttentionConfig c;
+             c.n_heads = n_heads;
+             c.n_kv_heads = n_kv_heads;
+             c.head_dim = head_dim;
+             c.rope.theta = rope_theta;
+             c.rope.rotary_dim = rotary_dim;
+             c.rope.interleaved = rope_interleaved;
+             std::tie(c.rope.scaling, c.rope.factor, c.rope.low_freq_factor, c.rope.high_freq_factor,
+                      c.rope.original_max_position) = sc;
+             c.window = window;
+             c.scale = scale;
+             c.softcap = softcap;
+             c.qk_norm_eps = qk_norm_eps;
+             const char* op = "Attention";
+             return std::make_shared<Attention>(
+                 c, to_tensor(q, op, "q_proj"), to_tensor(k, op, "k_proj"), to_tensor(v, op, "v_proj"),
+                 to_tensor(o, op, "o_proj"), to_tensor_opt(qb, op, "q_bias"), to_tensor_opt(kb, op, "k_bias"),
+                 to_tensor_opt(vb, op, "v_bias"), to_tensor_opt(ob, op, "o_bias"), to_tensor_opt(qn, op, "q_norm"),
+                 to_tensor_opt(kn, op, "k_norm"));
+           }),
+           py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("q_proj"), py::arg("k_proj"),
+           py::arg("v_proj"), py::arg("o_proj"), py::arg("q_bias") = py::none(), py::arg("k_bias") = py::none(),
+           py::arg("v_bias") = py::none(), py::arg("o_bias") = py::none(), py::arg("q_norm") = py::none(),
+           py::arg("k_norm") = py::none(), py::arg("rope_theta") = 10000.0, py::arg("rotary_dim") = 0,
+           py::arg("rope_interleaved") = false,
+           py::arg("rope_scaling") = Scaling{"none", 1.0, 1.0, 4.0, 8192.0}, py::arg("window") = 0,
+           py::arg("scale") = 0.f, py::arg("softcap") = 0.f, py::arg("qk_norm_eps") = 1e-6f)
+      .def_property_readonly("n_heads", [](const Attention& a) { return a.cfg.n_heads; })
+      .def_property_readonly("n_kv_heads", [](const Attention& a) { return a.cfg.n_kv_heads; })
+      .def_property_readonly("head_dim", [](const Attention& a) { return a.cfg.head_dim; })
+      .def_property_readonly("window", [](const Attention& a) { return a.cfg.window; })
+      .def_property_readonly("rope_theta", [](const Attention& a) { return a.cfg.rope.theta; });
+
+  py::class_<MLP, Block, std::shared_ptr<MLP>>(m, "MLP")
+      .def(py::init([](py::object g, py::object u, py::object d, const std::string& act) {
+             return std::make_shared<MLP>(to_tensor(g, "MLP", "gate_proj"), to_tensor(u, "MLP", "up_proj"),
+                                          to_tensor(d, "MLP", "down_proj"), activation_arg(act));
+           }),
+           py::arg("gate_proj"), py::arg("up_proj"), py::arg("down_proj"), py::arg("activation") = "silu");
+
+  py::class_<Residual, Block, std::shared_ptr<Residual>>(m, "Residual")
+      .def(py::init<BlockPtr, BlockPtr, BlockPtr>(), py::arg("pre"), py::arg("inner"), py::arg("post") = nullptr)
+      .def_readonly("pre", &Residual::pre)
+      .def_readonly("inner", &Residual::inner)
+      .def_readonly("post", &Residual::post);
+
+  py::class_<Sequential, Block, std::shared_ptr<Sequential>>(m, "Sequential")
+      .def(py::init<std::vector<BlockPtr>>(), py::arg("blocks"))
+      .def("__len__", [](const Sequential& s) { return s.blocks.size(); })
+      .def("__getitem__", [](const Sequential& s, int64_t i) {
+        const int64_t n = int64_t(s.blocks.size());
+        if (i < 0) i += n;
+        if (i < 0 || i >= n) throw IndexError("Sequential: index out of range");
+        return s.blocks[size_t(i)];
+      });
+
+  py::class_<KVCache, std::shared_ptr<KVCache>>(m, "KVCache")
+      .def_property_readonly("n_seq", &KVCache::n_seq)
+      .def_property_readonly("n_ctx", &KVCache::n_ctx)
+      .def_property_readonly("n_batch", &KVCache::n_batch)
+      .def_property_readonly("dtype", [](const KVCache& c) { return std::string(name(c.dtype())); })
+      .def_property_readonly("nbytes", &KVCache::nbytes)
+      .def("length", &KVCache::length, py::arg("seq") = 0, "Positions filled in sequence `seq`.")
+      .def("clear", &KVCache::clear, py::arg("seq") = -1, "Forget sequence `seq` (all when -1).")
+      .def("layer", [](KVCache& c, int64_t i) {
+             const auto& ls = c.layers();
+             if (i < 0 || i >= int64_t(ls.size())) throw IndexError("KVCache.layer: index out of range");
+             return py::make_tuple(py::cast(ls[size_t(i)].k), py::cast(ls[size_t(i)].v));
+           },
+           "(k, v) of attention block i: (S, Hkv, C, hd) tensors; position p lives in slot p % C.")
+      .def("__len__", [](const KVCache& c) { return c.layers().size(); });
+
+  py::class_<CausalLM, std::shared_ptr<CausalLM>>(m, "CausalLM")
+      .def(py::init([](py::object embed, float scale, BlockPtr body, BlockPtr norm, py::object head, float softcap) {
+             return std::make_shared<CausalLM>(to_tensor(embed, "CausalLM", "embed_tokens"), scale, std::move(body),
+                                               std::move(norm), to_tensor_opt(head, "CausalLM", "lm_head"), softcap);
+           }),
+           py::arg("embed_tokens"), py::arg("embed_scale"), py::arg("body"), py::arg("norm"),
+           py::arg("lm_head") = py::none(), py::arg("final_softcap") = 0.f)
+      .def("make_cache",
+           [](const CausalLM& m, int64_t n_seq, int64_t n_ctx, int64_t n_batch, const std::string& dtype) {
+             DType t = dtype == "f16" || dtype == "float16" ? DType::f16 : DType::f32;
+             if (dtype != "f32" && dtype != "float32" && t != DType::f16)
+               throw ValueError("make_cache: dtype must be 'f32' or 'f16', got '" + dtype + "'");
+             return m.make_cache(n_seq, n_ctx, n_batch, t);
+           },
+           py::arg("n_seq") = 1, py::arg("n_ctx") = 2048, py::arg("n_batch") = 512, py::arg("dtype") = "f32")
+      .def("forward",
+           [](CausalLM& m, KVCache& cache, py::object tokens, py::object seq, const std::string& logits) {
+             const Tensor tt = to_tensor(tokens, "CausalLM.forward", "tokens");
+             const Tensor ts = to_tensor_opt(seq, "CausalLM.forward", "seq");
+             const Logits l = logits_arg(logits);
+             Tensor out;
+             {
+               py::gil_scoped_release nogil;
+               out = m.forward(cache, tt, ts, l);
+             }
+             if (!out.defined()) return py::object(py::none());
+             return py::object(to_numpy(out));
+           },
+           py::arg("cache"), py::arg("tokens"), py::arg("seq") = py::none(), py::arg("logits") = "last")
+      .def_readonly("body", &CausalLM::body)
+      .def_readonly("norm", &CausalLM::norm)
+      .def_property_readonly("embed_tokens", [](const CausalLM& m) { return m.embed_tokens; })
+      .def_property_readonly("lm_head", [](const CausalLM& m) { return m.lm_head; })
+      .def_readonly("embed_scale", &CausalLM::embed_scale)
+      .def_readonly("final_softcap", &CausalLM::final_softcap)
+      .def_property_readonly("vocab_size", &CausalLM::vocab_size)
+      .def_property_readonly("model_dim", &CausalLM::model_dim);
+}
+
+}  // namespace lb::py_bind
