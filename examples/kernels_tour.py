@@ -1,6 +1,6 @@
 """A tour of the lmblocks kernels: one decoder layer's worth of math on NumPy arrays.
 
-Run: python examples/kernels_tour.py   (this is what `make demo` runs until model loading lands)
+Run: python examples/kernels_tour.py
 """
 
 import time

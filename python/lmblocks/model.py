@@ -43,7 +43,7 @@ class Model:
     and ``chat_template`` (or None), the end-of-generation ids ``eos_ids`` and the context length ``n_ctx``."""
 
     def __init__(self, lm, args, tokenizer, chat_template, *, eos_ids, n_ctx: int, kv_dtype: str, path: str,
-                 readers, converted_bytes: int, mapped_bytes: int):
+                 converted_bytes: int, mapped_bytes: int):
         self.lm = lm
         self.args = args
         self.tokenizer = tokenizer
@@ -52,7 +52,6 @@ class Model:
         self.n_ctx = n_ctx
         self.kv_dtype = kv_dtype
         self.path = path
-        self._readers = readers  # keep the files mapped for as long as the model lives
         self._converted = converted_bytes
         self._mapped = mapped_bytes
         self._cache_bytes = 0
@@ -256,22 +255,23 @@ def load(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
     unused = [n for n in weights.unused() if not n.endswith("rotary_emb.inv_freq")]
     if unused:
         warnings.warn(f"{path}: {len(unused)} tensors were not used, e.g. {unused[:3]}", stacklevel=2)
-    ctx = int(args.max_position_embeddings) if n_ctx is None else n_ctx
-    if isinstance(ctx, bool) or not isinstance(ctx, int) or ctx <= 0:
-        raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+    ctx = args.max_position_embeddings if n_ctx is None else n_ctx
+    if isinstance(ctx, bool) or not isinstance(ctx, int) or not 0 < ctx <= 1 << 40:
+        raise ValueError(f"n_ctx must be a positive integer up to 2^40, got {n_ctx!r}")
     if kv_dtype not in ("f32", "f16"):
         raise ValueError(f"kv_dtype must be 'f32' or 'f16', got {kv_dtype!r}")
     if tok is not None:
         eos = set(eos) | set(tok.eog_ids)
+    # The readers (and a GGUF's parsed metadata) go now: every tensor keeps its file mapped by itself.
     return Model(lm, args, tok, template, eos_ids=eos, n_ctx=ctx, kv_dtype=kv_dtype, path=path,
-                 readers=[reader], converted_bytes=weights.converted_bytes, mapped_bytes=weights.mapped_bytes)
+                 converted_bytes=weights.converted_bytes, mapped_bytes=weights.mapped_bytes)
 
 
 class _Source(models.Weights):
     """Weights that count what they hand out: mapped from the file, or converted at load."""
 
-    def __init__(self, get, names, where, transform=None):
-        super().__init__(self._get_counted, names, where)
+    def __init__(self, get, names, where, transform=None, label=None):
+        super().__init__(self._get_counted, names, where, label)
         self._raw = get
         self._transform = transform
         self.mapped_bytes = 0
@@ -313,7 +313,8 @@ def _from_gguf(reader: GGUFFile, path: str):
         if hf is not None:
             hf_to_gguf[hf] = name
     transform = getattr(module, "gguf_tensor", None)
-    weights = _Source(lambda n: reader.tensor(hf_to_gguf[n]), hf_to_gguf, path, transform)
+    weights = _Source(lambda n: reader.tensor(hf_to_gguf[n]), hf_to_gguf, path, transform,
+                      label=lambda n: f"'{hf_to_gguf[n]}' (read as '{n}')" if n in hf_to_gguf else repr(n))
     tok = template = None
     if "tokenizer.ggml.model" in md:
         tmd = {k: [_text(x) for x in v] if isinstance(v, list) else _text(v)
@@ -324,6 +325,16 @@ def _from_gguf(reader: GGUFFile, path: str):
     return module, config, weights, tok, template, set()
 
 
+def _json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise FormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise FormatError(f"{path}: expected a JSON object")
+    return data
+
+
 def _from_hf(reader: SafetensorsCheckpoint, path: str):
     from .tokenize import ChatTemplate, from_tokenizer_json
 
@@ -331,16 +342,14 @@ def _from_hf(reader: SafetensorsCheckpoint, path: str):
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise FormatError(f"{path}: no config.json beside the weights")
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise FormatError(f"{cfg_path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise FormatError(f"{cfg_path}: expected a JSON object")
-    if "text_config" in config and config.get("model_type") not in models.BY_MODEL_TYPE:
-        config = {**config["text_config"], "model_type": config["text_config"].get("model_type")}
+    config = _json_object(cfg_path)
     mt = config.get("model_type")
-    module = models.BY_MODEL_TYPE.get(mt)
+    if "text_config" in config and (not isinstance(mt, str) or mt not in models.BY_MODEL_TYPE):
+        if not isinstance(config["text_config"], dict):
+            raise FormatError(f"{cfg_path}: field 'text_config' is {config['text_config']!r}; expected an object")
+        config = {**config["text_config"], "model_type": config["text_config"].get("model_type")}
+        mt = config.get("model_type")
+    module = models.BY_MODEL_TYPE.get(mt) if isinstance(mt, str) else None
     if module is None:
         raise FormatError(f"{cfg_path}: model_type {mt!r} is not supported; supported: "
                           f"{', '.join(sorted(models.BY_MODEL_TYPE))}")
@@ -354,18 +363,28 @@ def _from_hf(reader: SafetensorsCheckpoint, path: str):
             template = None
     eos = set()
     for f in (cfg_path, folder / "generation_config.json"):
-        if f.is_file():
-            e = json.loads(f.read_text(encoding="utf-8")).get("eos_token_id")
-            eos |= set(e if isinstance(e, list) else [] if e is None else [e])
+        if not f.is_file():
+            continue
+        data = _json_object(f)
+        e = data.get("eos_token_id")
+        e = [] if e is None else e if isinstance(e, list) else [e]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in e):
+            raise FormatError(f"{f}: field 'eos_token_id' is {data.get('eos_token_id')!r}; expected ids")
+        eos |= set(e)
     return module, config, weights, tok, template, eos
 
 
 def _tokenizer_file(path, vocab_size):
     from .tokenize import from_llama2c, from_tokenizer_json
 
+    from .io.llama2c import read_llama2c_tokenizer
+
     path = os.fsdecode(path)
     if path.endswith(".json"):
         return from_tokenizer_json(path)
+    n = len(read_llama2c_tokenizer(path)[0])
+    if n > vocab_size:  # run.c would read only the first vocab_size tokens: a mismatched pair, not a model
+        raise FormatError(f"{path}: the tokenizer holds {n} tokens but the model's embedding has {vocab_size} rows")
     return from_llama2c(path, vocab_size)
 
 

@@ -7,6 +7,7 @@
 #include "lmblocks/blocks.h"
 #include "lmblocks/error.h"
 #include "lmblocks/runtime.h"
+#include "blocks/common.h"
 #include "ops/convert.h"
 
 namespace lb::blocks {
@@ -14,10 +15,7 @@ namespace lb::blocks {
 namespace {
 
 void check_proj(const Tensor& w, int64_t rows, int64_t cols, const char* name) {
-  if (!w.defined() || w.ndim() != 2 || w.dim(0) != rows || (cols >= 0 && w.dim(1) != cols))
-    throw ValueError(std::string("Attention: ") + name + " has shape " +
-                     (w.defined() ? shape_str(w.shape()) : std::string("none")) + "; expected (" +
-                     std::to_string(rows) + ", " + (cols >= 0 ? std::to_string(cols) : std::string("D")) + ")");
+  detail::check_matrix(w, rows, cols, "Attention", name);
 }
 
 void check_vec(const Tensor& b, int64_t n, const char* name) {
@@ -51,7 +49,11 @@ Attention::Attention(const AttentionConfig& c, Tensor q, Tensor k, Tensor v, Ten
   check_vec(o_bias, D, "o_bias");
   check_vec(q_norm, hd, "q_norm");
   check_vec(k_norm, hd, "k_norm");
-  ops::rope_inv_freq(cfg.rope.rotary_dim == 0 ? hd : cfg.rope.rotary_dim, cfg.rope);  // validates the rope now
+  const int64_t rd = cfg.rope.rotary_dim == 0 ? hd : cfg.rope.rotary_dim;
+  if (rd < 0 || rd > hd || rd % 2 != 0)
+    throw ValueError("Attention: rotary_dim " + std::to_string(cfg.rope.rotary_dim) + " with head_dim " +
+                     std::to_string(hd) + "; expected an even number in [2, head_dim] (0 means head_dim)");
+  ops::rope_inv_freq(rd, cfg.rope);  // validates theta and scaling now, not at the first forward
 }
 
 std::vector<std::pair<std::string, Tensor>> Attention::weights() const {

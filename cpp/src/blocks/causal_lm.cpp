@@ -48,30 +48,44 @@ const ops::RopeTable& Context::rope_table(const ops::Rope& rope, int64_t hd) {
 
 // ---- KVCache ---------------------------------------------------------------------------------------
 
+namespace {
+
+// Sizes come from Python (and from headers through it): check them before anything is sized by them.
+int64_t checked_seq(int64_t n_seq, int64_t n_ctx, int64_t n_batch) {
+  if (n_seq <= 0 || n_ctx <= 0 || n_batch <= 0 || n_seq > (int64_t(1) << 20) || n_ctx > (int64_t(1) << 40))
+    throw ValueError("KVCache: n_seq " + std::to_string(n_seq) + ", n_ctx " + std::to_string(n_ctx) + ", n_batch " +
+                     std::to_string(n_batch) + "; need positive sizes, n_seq <= 2^20 and n_ctx <= 2^40");
+  return n_seq;
+}
+
+// Positions a layer keeps: all n_ctx, or a ring of window + n_batch - 1 (see blocks.h).
+int64_t capacity(const AttentionConfig& c, int64_t n_ctx, int64_t n_batch) {
+  return c.window > 0 && c.window < n_ctx ? std::min(n_ctx, c.window + n_batch - 1) : n_ctx;
+}
+
+}  // namespace
+
 KVCache::KVCache(const std::vector<const Attention*>& blocks, int64_t n_seq, int64_t n_ctx, int64_t n_batch,
                  DType dtype)
-    : len_(size_t(std::max<int64_t>(n_seq, 0)), 0), n_ctx_(n_ctx), n_batch_(n_batch), dtype_(dtype) {
-  if (n_seq <= 0 || n_ctx <= 0 || n_batch <= 0)
-    throw ValueError("KVCache: n_seq " + std::to_string(n_seq) + ", n_ctx " + std::to_string(n_ctx) + ", n_batch " +
-                     std::to_string(n_batch) + "; all must be positive");
+    : len_(size_t(checked_seq(n_seq, n_ctx, n_batch)), 0), n_ctx_(n_ctx), n_batch_(std::min(n_batch, n_ctx)),
+      dtype_(dtype) {
   if (dtype != DType::f32 && dtype != DType::f16)
     throw TypeError(std::string("KVCache: dtype ") + name(dtype) + " is not supported; use f32 or f16");
-  // Size first, allocate second: a cache that cannot fit says so instead of failing inside malloc.
-  int64_t total = 0;
+  // Size first (in double: no overflow), allocate second: a cache that cannot fit says so.
+  double total = 0;
+  for (const Attention* a : blocks)
+    total += 2.0 * double(n_seq) * double(a->cfg.n_kv_heads) * double(capacity(a->cfg, n_ctx, n_batch_)) *
+             double(a->cfg.head_dim) * double(traits(dtype).type_size);
+  if (total > double(int64_t(1) << 40))
+    throw ValueError("KVCache: " + std::to_string(int64_t(total / double(1 << 30))) + " GiB for n_seq " +
+                     std::to_string(n_seq) + " and n_ctx " + std::to_string(n_ctx) +
+                     " is more than this machine can hold");
   for (const Attention* a : blocks) {
     const auto& c = a->cfg;
-    const int64_t cap = c.window > 0 ? std::min(n_ctx, c.window + n_batch - 1) : n_ctx;
-    total += 2 * n_seq * c.n_kv_heads * cap * c.head_dim * traits(dtype).type_size;
-  }
-  if (total > (int64_t(1) << 40))
-    throw ValueError("KVCache: " + std::to_string(total >> 30) + " GiB for n_seq " + std::to_string(n_seq) +
-                     " and n_ctx " + std::to_string(n_ctx) + " is more than this machine can hold");
-  for (const Attention* a : blocks) {
-    const auto& c = a->cfg;
-    const int64_t cap = c.window > 0 ? std::min(n_ctx, c.window + n_batch - 1) : n_ctx;
-    const Shape shape = {n_seq, c.n_kv_heads, cap, c.head_dim};
+    const Shape shape = {n_seq, c.n_kv_heads, capacity(c, n_ctx, n_batch_), c.head_dim};
     index_.emplace(a, layers_.size());
-    layers_.push_back({a, c.n_kv_heads, c.head_dim, cap, c.window, Tensor::empty(shape, dtype), Tensor::empty(shape, dtype)});
+    layers_.push_back({a, c.n_kv_heads, c.head_dim, shape[2], c.window, Tensor::empty(shape, dtype),
+                       Tensor::empty(shape, dtype)});
   }
 }
 
@@ -110,9 +124,9 @@ CausalLM::CausalLM(Tensor embed, float scale, BlockPtr body_, BlockPtr norm_, Te
   if (!embed_tokens.defined() || embed_tokens.ndim() != 2)
     throw ValueError("CausalLM: embed_tokens must be 2-D (V, D)");
   if (!lm_head.defined()) lm_head = embed_tokens;  // tied
-  if (lm_head.ndim() != 2 || lm_head.dim(1) != embed_tokens.dim(1))
-    throw ValueError("CausalLM: lm_head has shape " + shape_str(lm_head.shape()) + "; expected (V, " +
-                     std::to_string(embed_tokens.dim(1)) + ") to match embed_tokens " + shape_str(embed_tokens.shape()));
+  if (lm_head.ndim() != 2 || lm_head.shape() != embed_tokens.shape())
+    throw ValueError("CausalLM: lm_head has shape " + shape_str(lm_head.shape()) + "; expected " +
+                     shape_str(embed_tokens.shape()) + " to match embed_tokens");
   if (!body) throw ValueError("CausalLM: body is required");
   for (const Attention* a : attention_blocks())
     if (a->model_dim() != model_dim())

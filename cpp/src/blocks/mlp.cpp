@@ -1,4 +1,5 @@
 // The gated MLP: down(act(gate(x)) * up(x)) (Shazeer 2020, "GLU variants improve transformer").
+#include "blocks/common.h"
 #include "lmblocks/blocks.h"
 #include "lmblocks/error.h"
 
@@ -6,11 +7,11 @@ namespace lb::blocks {
 
 MLP::MLP(Tensor gate, Tensor up, Tensor down, Activation act_)
     : gate_proj(std::move(gate)), up_proj(std::move(up)), down_proj(std::move(down)), act(act_) {
-  const auto bad = [](const Tensor& t) { return !t.defined() || t.ndim() != 2; };
-  if (bad(gate_proj) || bad(up_proj) || bad(down_proj)) throw ValueError("MLP: gate_proj, up_proj and down_proj must be 2-D");
-  if (up_proj.shape() != gate_proj.shape() || down_proj.dim(1) != gate_proj.dim(0) || down_proj.dim(0) != gate_proj.dim(1))
-    throw ValueError("MLP: shapes gate_proj " + shape_str(gate_proj.shape()) + ", up_proj " + shape_str(up_proj.shape()) +
-                     ", down_proj " + shape_str(down_proj.shape()) + " do not form (F, D), (F, D), (D, F)");
+  if (!gate_proj.defined() || gate_proj.ndim() != 2) throw ValueError("MLP: gate_proj must be a 2-D (F, D) weight");
+  const int64_t F = gate_proj.dim(0), D = gate_proj.dim(1);
+  detail::check_matrix(gate_proj, F, D, "MLP", "gate_proj");
+  detail::check_matrix(up_proj, F, D, "MLP", "up_proj");
+  detail::check_matrix(down_proj, D, F, "MLP", "down_proj");
 }
 
 Tensor MLP::forward(Context&, const Tensor& x) {

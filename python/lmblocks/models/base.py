@@ -22,13 +22,18 @@ from ..io import FormatError
 nn = _core.nn
 
 _ROPE_RULES = {"default": "none", "linear": "linear", "llama3": "llama3"}
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu_tanh", "gelu")
 
 
-def rope_parameters(config: dict, layer_type: str | None = None) -> dict:
+def rope_parameters(config: dict, layer_type: str | None = None, where: str = "config") -> dict:
     """The rope settings of ``config`` as one flat dict (``rope_type``, ``rope_theta``, scaling keys), from
     transformers 5's ``rope_parameters`` (per layer type for Gemma 3) or the older ``rope_theta`` +
     ``rope_scaling`` pair."""
     rp = config.get("rope_parameters")
+    if rp is not None and not isinstance(rp, dict):
+        raise FormatError(f"{where}: field 'rope_parameters' is {rp!r}; expected an object")
+    if config.get("rope_scaling") is not None and not isinstance(config["rope_scaling"], dict):
+        raise FormatError(f"{where}: field 'rope_scaling' is {config['rope_scaling']!r}; expected an object")
     if isinstance(rp, dict):
         if layer_type is not None and isinstance(rp.get(layer_type), dict):
             rp = rp[layer_type]
@@ -67,7 +72,7 @@ class ModelArgs:
     def from_config(cls, config: dict, where: str = "config"):
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in config.items() if k in names and v is not None}
-        kw["rope"] = rope_parameters(config)
+        kw["rope"] = rope_parameters(config, where=where)
         if "partial_rotary_factor" not in kw and "partial_rotary_factor" in kw["rope"]:
             kw["partial_rotary_factor"] = kw["rope"]["partial_rotary_factor"]
         for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -79,24 +84,48 @@ class ModelArgs:
         return args
 
     def validate(self, where: str) -> None:
+        def positive_int(k, v, limit=1 << 24):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < limit:
+                raise FormatError(f"{where}: field {k!r} is {v!r}; expected a positive integer below {limit}")
+
         for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 1 << 24:
-                raise FormatError(f"{where}: field {k!r} is {v!r}; expected a positive integer below 2^24")
+            positive_int(k, getattr(self, k))
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        positive_int("num_key_value_heads", self.num_key_value_heads)
+        positive_int("head_dim", self.head_dim, 1 << 16)
+        positive_int("max_position_embeddings", self.max_position_embeddings, 1 << 40)
         if self.num_attention_heads % self.num_key_value_heads:
             raise FormatError(f"{where}: num_attention_heads {self.num_attention_heads} is not a multiple of "
                               f"num_key_value_heads {self.num_key_value_heads}")
-        if not (isinstance(self.rms_norm_eps, (int, float)) and self.rms_norm_eps > 0):
-            raise FormatError(f"{where}: rms_norm_eps is {self.rms_norm_eps!r}; expected a positive number")
+        if isinstance(self.rms_norm_eps, bool) or not isinstance(self.rms_norm_eps, (int, float)) or not self.rms_norm_eps > 0:
+            raise FormatError(f"{where}: field 'rms_norm_eps' is {self.rms_norm_eps!r}; expected a positive number")
+        if self.hidden_act not in ACTIVATIONS:
+            raise FormatError(f"{where}: field 'hidden_act' is {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}")
+        prf = self.partial_rotary_factor
+        if isinstance(prf, bool) or not isinstance(prf, (int, float)) or not 0 < prf <= 1 or self.rotary_dim < 2:
+            raise FormatError(f"{where}: field 'partial_rotary_factor' is {prf!r}; expected a number in (0, 1] "
+                              f"leaving at least 2 rotary features of head_dim {self.head_dim}")
+        check_rope(self.rope, where)
 
     @property
     def rotary_dim(self) -> int:
         rd = int(self.head_dim * self.partial_rotary_factor)
         return rd - rd % 2
+
+
+def check_rope(rope: dict, where: str) -> None:
+    """Rope settings a forward pass can use, else FormatError naming the field."""
+    kind = rope.get("rope_type", "default")
+    if kind not in _ROPE_RULES:
+        raise FormatError(f"{where}: rope_type {kind!r} is not supported (supported: {', '.join(_ROPE_RULES)})")
+    for k in ("rope_theta", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
+        v = rope.get(k, 1.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+            raise FormatError(f"{where}: rope setting {k!r} (rope_parameters / rope_theta / rope_scaling) is {v!r}; "
+                              "expected a positive number")
 
 
 def rope_kwargs(rope: dict, rotary_dim: int, interleaved: bool, where: str) -> dict:
@@ -117,8 +146,10 @@ class Weights:
     and the tensor when one is missing or has the wrong shape; :meth:`unused` lists what nobody took.
     """
 
-    def __init__(self, get: Callable[[str], Any], names: Iterable[str], where: str):
+    def __init__(self, get: Callable[[str], Any], names: Iterable[str], where: str,
+                 label: Callable[[str], str] | None = None):
         self._get = get
+        self.label = label or repr
         self.names = set(names)
         self.where = where
         self.taken: set[str] = set()
@@ -130,10 +161,10 @@ class Weights:
         if name not in self.names:
             if optional:
                 return None
-            raise FormatError(f"{self.where}: tensor {name!r} is missing")
+            raise FormatError(f"{self.where}: tensor {self.label(name)} is missing")
         t = self._get(name)
         if shape is not None and tuple(t.shape) != tuple(shape):
-            raise FormatError(f"{self.where}: tensor {name!r} has shape {tuple(t.shape)}; the config implies "
+            raise FormatError(f"{self.where}: tensor {self.label(name)} has shape {tuple(t.shape)}; the config implies "
                               f"{tuple(shape)}")
         self.taken.add(name)
         return t
@@ -215,6 +246,9 @@ def gguf_config(md: dict, arch: str, model_type: str, where: str) -> dict:
         "sliding_window": get("attention.sliding_window"),
     }
     rd = get("rope.dimension_count")
+    if rd is not None and hd and not 0 < rd <= hd:
+        raise FormatError(f"{where}: {arch}.rope.dimension_count is {rd} but the head size is {hd} "
+                          f"({arch}.embedding_length {D} / {arch}.attention.head_count {H})")
     if rd and hd and rd != hd:
         cfg["partial_rotary_factor"] = rd / hd
     kind = get("rope.scaling.type")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..io import FormatError
 from . import llama
-from .base import ModelArgs, Weights, gguf_config, nn, rope_kwargs, rope_parameters
+from .base import ACTIVATIONS, ModelArgs, Weights, check_rope, gguf_config, nn, rope_kwargs, rope_parameters
 
 MODEL_TYPES = ("gemma3_text",)
 GGUF_ARCHS = ("gemma3",)
@@ -36,17 +37,23 @@ class Gemma3Args(ModelArgs):
     @classmethod
     def from_config(cls, config: dict, where: str = "config"):
         args = super().from_config(config, where)
-        args.rope = rope_parameters(config, "full_attention")
+        args.rope = rope_parameters(config, "full_attention", where)
         if isinstance(config.get("rope_parameters"), dict) and "sliding_attention" in config["rope_parameters"]:
-            args.rope_local = rope_parameters(config, "sliding_attention")
+            args.rope_local = rope_parameters(config, "sliding_attention", where)
         else:
             args.rope_local = {"rope_type": "default", "rope_theta": config.get("rope_local_base_freq", 10000.0)}
+        check_rope(args.rope, where)
+        check_rope(args.rope_local, where)
+        args.hidden_act = args.hidden_activation
+        if args.hidden_act not in ACTIVATIONS:
+            raise FormatError(f"{where}: field 'hidden_activation' is {args.hidden_act!r}; supported: "
+                             f"{', '.join(ACTIVATIONS)}")
         if not args.layer_types:  # transformers' default: every sixth layer global
             n = args.sliding_window_pattern
             args.layer_types = ["full_attention" if (i + 1) % n == 0 else "sliding_attention"
                                 for i in range(args.num_hidden_layers)]
         if len(args.layer_types) != args.num_hidden_layers:
-            raise ValueError(f"{where}: layer_types has {len(args.layer_types)} entries for "
+            raise FormatError(f"{where}: layer_types has {len(args.layer_types)} entries for "
                              f"{args.num_hidden_layers} layers")
         if args.query_pre_attn_scalar is None:
             args.query_pre_attn_scalar = args.head_dim
@@ -100,7 +107,6 @@ def build(args: Gemma3Args, w: Weights, progress=iter):
             nn.Residual(norm(p + "pre_feedforward_layernorm.weight"), mlp, norm(p + "post_feedforward_layernorm.weight")),
         ])
 
-    args.hidden_act = args.hidden_activation
     return llama.build_decoder(args, w, (layer(i) for i in progress(range(args.num_hidden_layers))),
                                embed_scale=D ** 0.5, norm_offset=1.0,
                                final_softcap=float(args.final_logit_softcapping or 0.0))

@@ -1,0 +1,136 @@
+"""Real GGUF checkpoints against Hugging Face transformers, which loads the same files by dequantizing
+them to float32 with the `gguf` package (SmolLM2-135M-Instruct Q4_1, Gemma 3 270M Q4_K_M).
+
+Path under test: the reference path of the engine (weights dequantized panel by panel to f32, f32
+arithmetic throughout), so the bars are top-1 agreement at every position and relative error <= 1e-3.
+"""
+
+import numpy as np
+import pytest
+
+import lmblocks as lb
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # transformers refuses to load GGUF files without it
+
+N_TEXT = 300  # tokens of real text for the logits comparison (>= 256)
+
+
+def load_reference(path):
+    """transformers' model for a GGUF file, float32, eager attention (its own dequantization)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager")
+    return model.eval()
+
+
+def reference_logits(ref, ids) -> np.ndarray:
+    with torch.no_grad():
+        return ref(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def reference_greedy(ref, ids, n) -> list[int]:
+    """n tokens by argmax with transformers' own KV cache (EOS does not stop it)."""
+    out = []
+    with torch.no_grad():
+        r = ref(torch.tensor([ids]), use_cache=True)
+        for _ in range(n):
+            t = int(r.logits[0, -1].argmax())
+            out.append(t)
+            r = ref(torch.tensor([[t]]), past_key_values=r.past_key_values, use_cache=True)
+    return out
+
+
+def wikitext(shared_data) -> str:
+    return (shared_data / "wikitext-2-raw-test.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path):
+    return lb.load(smollm2_path, verbose=False), load_reference(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def gemma3(gemma3_path):
+    return lb.load(gemma3_path, verbose=False), load_reference(gemma3_path)
+
+
+def check_logits(model, ref, ids):
+    got, want = model.logits(ids), reference_logits(ref, ids)
+    assert got.shape == want.shape == (len(ids), model.args.vocab_size)
+    agree = got.argmax(1) == want.argmax(1)
+    assert agree.all(), f"top-1 differs at positions {np.flatnonzero(~agree)[:10]}"
+    err = float(np.abs(got.astype(np.float64) - want).max() / np.abs(want).max())
+    assert err <= 1e-3, err
+
+
+def test_smollm2_logits_equal_transformers_on_real_text(smollm2, shared_data):
+    model, ref = smollm2
+    ids = model.tokenizer.encode(wikitext(shared_data)[:4000])[:N_TEXT]
+    assert len(ids) == N_TEXT
+    check_logits(model, ref, ids)
+
+
+def test_gemma3_logits_equal_transformers_on_real_text(gemma3, shared_data):
+    model, ref = gemma3
+    ids = model.tokenizer.encode(wikitext(shared_data)[:4000])[:N_TEXT]
+    assert len(ids) == N_TEXT and ids[0] == model.tokenizer.bos_id
+    check_logits(model, ref, ids)
+
+
+def test_smollm2_greedy_chat_answer_equals_transformers(smollm2):
+    model, ref = smollm2
+    ids = model.encode_prompt([{"role": "user", "content": "What is the capital of France?"}])
+    got = model.generate_ids(ids, 32, stop_at_eos=False)
+    assert got == reference_greedy(ref, ids, 32)
+    assert "Paris" in model.tokenizer.decode(got)
+
+
+def test_gemma3_greedy_story_equals_transformers(gemma3):
+    model, ref = gemma3
+    ids = model.encode_prompt("Once upon a time")
+    got = model.generate_ids(ids, 32, stop_at_eos=False)
+    assert got == reference_greedy(ref, ids, 32)
+
+
+def test_gemma3_greedy_past_the_sliding_window(gemma3, shared_data):
+    """A 600-token prompt runs past Gemma 3's 512-token window: local layers attend to a ring that
+    has wrapped, global layers to everything."""
+    model, ref = gemma3
+    ids = model.tokenizer.encode(wikitext(shared_data)[:8000])[:600]
+    got = model.generate_ids(ids, 8, stop_at_eos=False)
+    assert got == reference_greedy(ref, ids, 8)
+
+
+def test_smollm2_perplexity_on_wikitext_within_half_a_percent_of_transformers(smollm2, shared_data):
+    """The first 16k tokens of wikitext-2 test in 512-token windows, each a fresh context."""
+    model, ref = smollm2
+    ids = model.tokenizer.encode(wikitext(shared_data)[:200_000], add_special=False)[:16384]
+    assert len(ids) == 16384
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(ids), 512):
+            w = torch.tensor([ids[s: s + 512]])
+            lp = torch.log_softmax(ref(w).logits[0, :-1].double(), dim=-1)
+            nll -= float(lp.gather(1, w[0, 1:, None]).sum())
+            count += w.shape[1] - 1
+    want = float(np.exp(nll / count))
+    got = model.perplexity(ids, window=512, verbose=False)
+    assert abs(got - want) / want <= 0.005, (got, want)
+
+
+def test_memory_report_accounts_for_the_file_and_the_cache(smollm2, smollm2_path):
+    """model.memory(): every weight byte used comes straight from the mapped file (no copies for a
+    Llama GGUF), and the KV cache is 2 (k, v) x layers x positions x kv heads x head dim x 4 bytes."""
+    from lmblocks.io import GGUFFile
+
+    model, _ = smollm2
+    f = GGUFFile(smollm2_path)
+    m = model.memory()
+    assert m["weights_converted"] == 0
+    assert m["weights_mapped"] == sum(t.nbytes for t in f.tensors.values())
+    cache = model.new_cache(1, 100)
+    a = model.args
+    assert cache.nbytes == 2 * a.num_hidden_layers * 100 * a.num_key_value_heads * a.head_dim * 4
+    assert model.memory()["kv_cache"] == cache.nbytes
+    assert model.memory()["total"] == m["weights_mapped"] + cache.nbytes
