@@ -134,3 +134,21 @@ def test_memory_report_accounts_for_the_file_and_the_cache(smollm2, smollm2_path
     assert cache.nbytes == 2 * a.num_hidden_layers * 100 * a.num_key_value_heads * a.head_dim * 4
     assert model.memory()["kv_cache"] == cache.nbytes
     assert model.memory()["total"] == m["weights_mapped"] + cache.nbytes
+
+
+def test_cli_generate_with_gemma3_prints_transformers_greedy_tokens(gemma3, gemma3_path):
+    """The issue's bar: `lmblocks generate -p "Once upon a time" -n 32 --temperature 0` with Gemma 3."""
+    import subprocess
+    import sys
+
+    model, ref = gemma3
+    ids = model.encode_prompt("Once upon a time")
+    want_ids = reference_greedy(ref, ids, 32)
+    eos = [i for i, t in enumerate(want_ids) if t in model.eos_ids]
+    want_ids = want_ids[: eos[0]] if eos else want_ids
+    tok = model.tokenizer
+    want = tok.decode(ids + want_ids, skip_special=True)[len(tok.decode(ids, skip_special=True)):]
+    r = subprocess.run([sys.executable, "-m", "lmblocks", "generate", "-m", str(gemma3_path), "-p", "Once upon a time",
+                        "-n", "32", "--temperature", "0", "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == want + "\n"
