@@ -50,7 +50,7 @@ void bind_blocks(py::module_ m) {
       .def(py::init([](int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, py::object q, py::object k, py::object v,
                        py::object o, py::object qb, py::object kb, py::object vb, py::object ob, py::object qn,
                        py::object kn, double rope_theta, int64_t rotary_dim, bool rope_interleaved,
-                       const Scaling& sc, int64_t window, float scale, float softcap, float qk_norm_eps) {
+                       const Scaling& sc, int64_t window, float scale, float softcap, float qk_norm_eps, float qk_norm_offset) {
              AttentionConfig c;
              c.n_heads = n_heads;
              c.n_kv_heads = n_kv_heads;
@@ -64,6 +64,7 @@ void bind_blocks(py::module_ m) {
              c.scale = scale;
              c.softcap = softcap;
              c.qk_norm_eps = qk_norm_eps;
+             c.qk_norm_offset = qk_norm_offset;
              const char* op = "Attention";
              return std::make_shared<Attention>(
                  c, to_tensor(q, op, "q_proj"), to_tensor(k, op, "k_proj"), to_tensor(v, op, "v_proj"),
@@ -77,7 +78,7 @@ void bind_blocks(py::module_ m) {
            py::arg("k_norm") = py::none(), py::arg("rope_theta") = 10000.0, py::arg("rotary_dim") = 0,
            py::arg("rope_interleaved") = false,
            py::arg("rope_scaling") = Scaling{"none", 1.0, 1.0, 4.0, 8192.0}, py::arg("window") = 0,
-           py::arg("scale") = 0.f, py::arg("softcap") = 0.f, py::arg("qk_norm_eps") = 1e-6f)
+           py::arg("scale") = 0.f, py::arg("softcap") = 0.f, py::arg("qk_norm_eps") = 1e-6f, py::arg("qk_norm_offset") = 0.f)
       .def_property_readonly("n_heads", [](const Attention& a) { return a.cfg.n_heads; })
       .def_property_readonly("n_kv_heads", [](const Attention& a) { return a.cfg.n_kv_heads; })
       .def_property_readonly("head_dim", [](const Attention& a) { return a.cfg.head_dim; })

@@ -174,7 +174,15 @@ class Model:
         sampler = Sampler(params)
         matcher = StopMatcher(stop)
         history = list(ids)
-        base = self.tokenizer.decode(ids, skip_special=True) if out_ids is None else ""
+        # Text is decoded in context (leading spaces, characters split over tokens) from the last few
+        # prompt tokens on, not the whole history: decoding is prefix-stable, and this keeps each step
+        # independent of the prompt's length.
+        context = ids[-8:]
+        base = self.tokenizer.decode(context, skip_special=True) if out_ids is None else ""
+
+        def continuation() -> str:
+            return self.tokenizer.decode(context + history[len(ids):], skip_special=True)[len(base):]
+
         shown = 0
         logits = self.lm.forward(cache, np.asarray(ids, np.int32))[0]
         for step in range(max_tokens):
@@ -185,9 +193,7 @@ class Model:
             if out_ids is not None:
                 out_ids.append(t)
             else:
-                # Decode the whole continuation in context, so pieces join exactly as decode() would
-                # (leading spaces, bytes split over tokens); hold back a trailing partial character.
-                text = self.tokenizer.decode(history, skip_special=True)[len(base):]
+                text = continuation()  # a trailing partial character is held back
                 end = len(text) - 1 if text.endswith("\ufffd") else len(text)
                 if end > shown:
                     piece, stopped = matcher.feed(text[shown:end])
@@ -200,7 +206,7 @@ class Model:
                 break
             logits = self.lm.forward(cache, np.asarray([t], np.int32))[0]
         if out_ids is None:
-            text = self.tokenizer.decode(history, skip_special=True)[len(base):]
+            text = continuation()
             piece, _ = matcher.feed(text[shown:])
             tail = piece + matcher.finish() if not matcher.stopped else piece
             if tail:

@@ -80,6 +80,7 @@ struct AttentionConfig {
   float scale = 0.f;    // 0 means 1 / sqrt(head_dim)
   float softcap = 0.f;  // Gemma 2's attention logit softcap; 0 = none
   float qk_norm_eps = 1e-6f;
+  float qk_norm_offset = 0.f;  // q/k norms scale by (offset + w), as RMSNorm; Gemma uses 1
 };
 
 // Causal self-attention over the KV cache: q/k/v projections (any weight dtype, optional bias),
@@ -96,7 +97,7 @@ class Attention : public Block {
   AttentionConfig cfg;
   Tensor q_proj, k_proj, v_proj, o_proj;  // (H*hd, D) (Hkv*hd, D) (Hkv*hd, D) (D, H*hd)
   Tensor q_bias, k_bias, v_bias, o_bias;  // optional, (out,)
-  Tensor q_norm, k_norm;                  // optional, (hd,) with offset already folded in
+  Tensor q_norm, k_norm;                  // optional, (hd,)
 };
 
 enum class Activation { silu, gelu_tanh, gelu_erf };
@@ -180,7 +181,7 @@ class CausalLM {
   Tensor forward(KVCache& cache, const Tensor& tokens, const Tensor& seq, Logits logits);
 
   std::shared_ptr<KVCache> make_cache(int64_t n_seq, int64_t n_ctx, int64_t n_batch, DType dtype) const;
-  std::vector<const Attention*> attention_blocks() const;
+  const std::vector<const Attention*>& attention_blocks() const { return attention_; }
   int64_t vocab_size() const { return lm_head.dim(0); }
   int64_t model_dim() const { return embed_tokens.dim(1); }
 
@@ -191,6 +192,7 @@ class CausalLM {
   float final_softcap;
 
  private:
+  std::vector<const Attention*> attention_;  // found once in body: what a cache holds
   Tensor forward_chunk(KVCache& cache, const int32_t* tokens, Context& ctx, Logits logits);
 };
 

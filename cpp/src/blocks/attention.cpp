@@ -73,11 +73,11 @@ Tensor Attention::forward(Context& ctx, const Tensor& x) {
   Tensor v = ops::linear(x, v_proj, v_bias);  // (N, Hkv*hd)
   if (q_norm.defined()) {
     Tensor qh = q.view({N * H, hd});
-    ops::rms_norm(qh, q_norm, cfg.qk_norm_eps, 0.f, qh);
+    ops::rms_norm(qh, q_norm, cfg.qk_norm_eps, cfg.qk_norm_offset, qh);
   }
   if (k_norm.defined()) {
     Tensor kh = k.view({N * Hkv, hd});
-    ops::rms_norm(kh, k_norm, cfg.qk_norm_eps, 0.f, kh);
+    ops::rms_norm(kh, k_norm, cfg.qk_norm_eps, cfg.qk_norm_offset, kh);
   }
   const ops::RopeTable& rt = ctx.rope_table(cfg.rope, hd);
   ops::rope_rows(rt, q.data<float>(), N, H, hd, H * hd);

@@ -128,16 +128,11 @@ CausalLM::CausalLM(Tensor embed, float scale, BlockPtr body_, BlockPtr norm_, Te
     throw ValueError("CausalLM: lm_head has shape " + shape_str(lm_head.shape()) + "; expected " +
                      shape_str(embed_tokens.shape()) + " to match embed_tokens");
   if (!body) throw ValueError("CausalLM: body is required");
-  for (const Attention* a : attention_blocks())
+  walk(body, attention_);
+  for (const Attention* a : attention_)
     if (a->model_dim() != model_dim())
       throw ValueError("CausalLM: an attention block takes D=" + std::to_string(a->model_dim()) +
                        " but the embedding has D=" + std::to_string(model_dim()));
-}
-
-std::vector<const Attention*> CausalLM::attention_blocks() const {
-  std::vector<const Attention*> out;
-  walk(body, out);
-  return out;
 }
 
 std::shared_ptr<KVCache> CausalLM::make_cache(int64_t n_seq, int64_t n_ctx, int64_t n_batch, DType dtype) const {
@@ -152,7 +147,7 @@ Tensor CausalLM::forward(KVCache& cache, const Tensor& tokens, const Tensor& seq
   if (seq.defined() && seq.dim(0) != N)
     throw ValueError("CausalLM.forward: seq has " + std::to_string(seq.dim(0)) + " entries for " + std::to_string(N) +
                      " tokens");
-  for (const Attention* a : attention_blocks()) cache.layer(a);  // the cache belongs to this model
+  for (const Attention* a : attention_) cache.layer(a);  // the cache belongs to this model
 
   // Runs of consecutive tokens of one sequence, each continuing that sequence in the cache.
   std::vector<int32_t> ids(static_cast<size_t>(N));

@@ -9,7 +9,6 @@ configs here, once, so the architecture files see one naming.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -129,12 +128,10 @@ def check_rope(rope: dict, where: str) -> None:
 
 
 def rope_kwargs(rope: dict, rotary_dim: int, interleaved: bool, where: str) -> dict:
-    """Keyword arguments of ``nn.Attention`` for one rope dict (see :func:`rope_parameters`)."""
-    kind = rope.get("rope_type", "default")
-    if kind not in _ROPE_RULES:
-        raise FormatError(f"{where}: rope_type {kind!r} is not supported (supported: {', '.join(_ROPE_RULES)})")
-    scaling = (_ROPE_RULES[kind], float(rope.get("factor", 1.0)), float(rope.get("low_freq_factor", 1.0)),
-               float(rope.get("high_freq_factor", 4.0)), float(rope.get("original_max_position_embeddings", 8192)))
+    """Keyword arguments of ``nn.Attention`` for one rope dict (see :func:`rope_parameters`), already
+    validated by :func:`check_rope` when the config was read."""
+    scaling = (_ROPE_RULES[rope.get("rope_type", "default")], float(rope.get("factor", 1.0)),
+               float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0)), float(rope.get("original_max_position_embeddings", 8192)))
     return dict(rope_theta=float(rope["rope_theta"]), rotary_dim=rotary_dim, rope_interleaved=interleaved,
                 rope_scaling=scaling)
 
@@ -171,11 +168,6 @@ class Weights:
 
     def unused(self) -> list[str]:
         return sorted(self.names - self.taken)
-
-
-def rows(t, start: int, stop: int):
-    """Rows [start, stop) of a (out, in) weight, zero-copy (split fused projections at load time)."""
-    return t[start:stop]
 
 
 # ---- GGUF: names and config in Hugging Face terms ----------------------------------------------------
@@ -255,12 +247,3 @@ def gguf_config(md: dict, arch: str, model_type: str, where: str) -> dict:
     if kind not in (None, "none"):
         cfg["rope_scaling"] = {"rope_type": kind, "factor": float(get("rope.scaling.factor", 1.0))}
     return cfg
-
-
-def norm_shape_check(t, n: int, name: str, where: str) -> None:
-    if tuple(t.shape) != (n,):
-        raise FormatError(f"{where}: tensor {name!r} has shape {tuple(t.shape)}; expected ({n},)")
-
-
-def embedding_scale(args: ModelArgs) -> float:
-    return math.sqrt(args.hidden_size)

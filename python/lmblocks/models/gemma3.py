@@ -93,7 +93,7 @@ def build(args: Gemma3Args, w: Weights, progress=iter):
         return nn.Attention(
             H, Hkv, hd, w.take(a + "q_proj.weight", (H * hd, D)), w.take(a + "k_proj.weight", (Hkv * hd, D)),
             w.take(a + "v_proj.weight", (Hkv * hd, D)), w.take(a + "o_proj.weight", (D, H * hd)),
-            q_norm=_plus_one(w.take(a + "q_norm.weight", (hd,))), k_norm=_plus_one(w.take(a + "k_norm.weight", (hd,))),
+            q_norm=w.take(a + "q_norm.weight", (hd,)), k_norm=w.take(a + "k_norm.weight", (hd,)), qk_norm_offset=1.0,
             window=(args.sliding_window or 0) if local else 0,
             scale=float(args.query_pre_attn_scalar) ** -0.5, softcap=float(args.attn_logit_softcapping or 0.0),
             qk_norm_eps=eps,
@@ -111,9 +111,3 @@ def build(args: Gemma3Args, w: Weights, progress=iter):
                                embed_scale=D ** 0.5, norm_offset=1.0,
                                final_softcap=float(args.final_logit_softcapping or 0.0))
 
-
-def _plus_one(t):
-    """The (1 + w) of Gemma's q/k norms, folded in once at load time (the block's qk-norm has no offset)."""
-    import numpy as np
-
-    return np.asarray(t, dtype=np.float32) + np.float32(1.0)
