@@ -34,7 +34,11 @@ test: install
 		LMBLOCKS_ISA=$$isa $(PY) -m pytest -q tests/test_ops.py || exit 1; \
 	done
 
-bench: install
+.PHONY: llamacpp
+llamacpp: install
+	bash bench/install_llamacpp.sh $(PY)
+
+bench: install llamacpp
 	$(PIP) install -q ".[bench]"
 	$(PY) bench/ops.py --threads 1 2
 

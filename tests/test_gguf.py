@@ -52,6 +52,8 @@ def _assert_same_as_oracle(ours: GGUFFile, theirs) -> None:
             assert kind == _oracle_type(field.types), key
         if kind == "array[array]":  # GGUFReader.contents() flattens nested arrays to their leaves
             assert [x for v in value for x in np.asarray(v).tolist()] == expected, key
+        elif kind == "array[string]":
+            assert list(value) == expected, key
         elif isinstance(value, np.ndarray):
             assert value.dtype == np.dtype(kind[6:-1]) and value.tolist() == expected, key
         else:
@@ -218,7 +220,8 @@ def test_version_2_reads_and_odd_values_are_kept(tmp_path):
     infos = [_info("x", [4]), _info("y", [2, 2])]
     f = GGUFFile(_write(tmp_path, _gguf(kvs, infos, bytes(16), version=2)))
     assert f.version == 2 and f.architecture is None and f.alignment == 32
-    assert f.metadata["bad.utf8"] == b"\xff\xfe" and f.metadata["toks"] == ["ok", b"\xe2\x82"]
+    assert f.metadata["bad.utf8"] == b"\xff\xfe" and f.metadata["toks"] == ["ok", "\udce2\udc82"]
+    assert f.metadata["toks"].raw(1) == b"\xe2\x82"  # bytes that are not UTF-8 come back surrogate-escaped
     assert f.tensor("x").data_ptr == f.tensor("y").data_ptr
 
 

@@ -5,6 +5,8 @@ Path under test: the reference path of the engine (weights dequantized panel by 
 arithmetic throughout), so the bars are top-1 agreement at every position and relative error <= 1e-3.
 """
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -152,3 +154,36 @@ def test_cli_generate_with_gemma3_prints_transformers_greedy_tokens(gemma3, gemm
                         "-n", "32", "--temperature", "0", "-q"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout == want + "\n"
+
+
+_RSS_PROBE = """
+import json, sys
+import lmblocks as lb
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+before = rss()
+model = lb.load(sys.argv[1], n_ctx=512, verbose=False)
+model.generate("Once upon a time", max_tokens=8, temperature=0)  # every weight page has been read
+print(json.dumps({"grew": rss() - before, "kv_cache": model.memory()["kv_cache"]}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmRSS from /proc/self/status")
+@pytest.mark.parametrize("which", ["smollm2", "gemma3"])
+def test_resident_memory_is_the_file_plus_ten_percent_plus_the_cache(which, request):
+    """The issue's memory bar, in a fresh process: loading a GGUF and generating (so every weight page is
+    resident) grows RSS by at most the file's size + 10% + the KV cache the model reports. The growth
+    counts everything load() and generate() bring: tokenizer tables, lazily imported modules, scratch."""
+    import json
+    import os
+    import subprocess
+
+    path = request.getfixturevalue(f"{which}_path")
+    r = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    size = os.path.getsize(path)
+    assert got["grew"] <= 1.10 * size + got["kv_cache"], (got, size, got["grew"] / size)

@@ -10,5 +10,6 @@ PYBIND11_MODULE(_core, m) {
   lb::py_bind::bind_ops(m.def_submodule("ops", "Native kernels (see lmblocks.ops for the documented API)"));
   lb::py_bind::bind_bench(m.def_submodule("bench", "Machine ceilings measured in-process"));
   lb::py_bind::bind_quant(m.def_submodule("quant", "ggml block formats"));
+  lb::py_bind::bind_text(m.def_submodule("text", "Tokenizer data and merge loops"));
   lb::py_bind::bind_blocks(m.def_submodule("nn", "Native blocks and the decoder that runs them"));
 }

@@ -35,6 +35,7 @@ from ._core import (  # noqa: E402
 )
 from . import assets, io, ops, sampling, tokenize  # noqa: E402
 from ._core import nn  # noqa: E402
+from ._core.text import StringTable  # noqa: E402
 from . import models  # noqa: E402
 from .model import Model, load  # noqa: E402
 from .quant import dequantize  # noqa: E402
@@ -71,5 +72,5 @@ def from_file(path, offset: int, shape, dtype) -> Tensor:
 __all__ = [
     "__version__", "Tensor", "MappedFile", "asarray", "empty", "zeros", "from_file", "dtype_info", "dtypes",
     "set_num_threads", "get_num_threads", "set_isa", "get_isa", "cpu_info", "ops", "io", "tokenize", "sampling", "dequantize", "inspect",
-    "nn", "models", "Model", "load",
+    "nn", "models", "Model", "load", "StringTable",
 ]

@@ -125,7 +125,7 @@ class Sampler:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
         self.params = params
-        self._rng = np.random.default_rng(params.seed)
+        self._rng: np.random.Generator | None = None  # made at the first draw: greedy never imports np.random
 
     def sample(self, logits, history: Sequence[int] = ()) -> int:
         """One token id drawn from ``logits`` (V,).
@@ -136,6 +136,8 @@ class Sampler:
         if ids.size == 1:  # greedy, or one token left: llama.cpp's dist does not draw here either
             return int(ids[0])
         cdf = np.cumsum(p)
+        if self._rng is None:
+            self._rng = np.random.default_rng(self.params.seed)
         i = int(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="left"))
         return int(ids[min(i, ids.size - 1)])
 

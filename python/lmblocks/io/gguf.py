@@ -20,7 +20,8 @@ order); each must only be aligned and lie inside the file.
 
 Metadata values: integers, floats and bools as Python scalars; strings as str, except a string that is
 not valid UTF-8 (some tokenizers store raw byte tokens), which stays bytes; numeric arrays as NumPy arrays
-in native byte order; arrays of strings or of arrays as lists. Keys and tensor names must be valid UTF-8.
+in native byte order; arrays of strings as a :class:`lmblocks.StringTable` (a sequence of str, one
+buffer; bytes that are not UTF-8 come back surrogate-escaped); arrays of arrays as lists. Keys and tensor names must be valid UTF-8.
 
 >>> import numpy as np, lmblocks.io
 >>> f = lmblocks.io.read_gguf("stories260K.gguf")                       # doctest: +SKIP
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .. import MappedFile, Tensor, dtype_info, dtypes
+from .._core.text import StringTable
 from . import FormatError, MappedReader, TensorInfo, tensor_table
 
 MAGIC = b"GGUF"
@@ -158,22 +160,13 @@ def _read_array(cur: _Cursor, field: str, depth: int) -> tuple[Any, str]:
         cur.pos += count * dtype.itemsize
         return values, f"array[{name}]"
     if etype == _STRING:
-        # The hot loop of a tokenizer's 50k tokens and merges: inline, with the bound checks of raw_string.
+        # A tokenizer's 262k tokens as one native buffer, not 262k Python objects (see StringTable).
         cur.need(count * 8, f"{field} array of {count} strings")
-        buf, pos, end, strings = cur.buf, cur.pos, cur.end, []
-        for i in range(count):
-            if end - pos < 8:
-                cur.pos = pos
-                cur.need(8, f"{field}[{i}] length")
-            (nbytes,) = _U64.unpack_from(buf, pos)
-            pos += 8
-            if nbytes > end - pos:
-                cur.pos = pos
-                cur.need(nbytes, f"{field}[{i}]")
-            strings.append(_text(buf[pos:pos + nbytes]))
-            pos += nbytes
-        cur.pos = pos
-        return strings, "array[string]"
+        try:
+            table, cur.pos = StringTable.from_gguf(cur.buf, cur.pos, count)
+        except ValueError as e:
+            raise FormatError(f"{cur.path}: {field}{e}") from None
+        return table, "array[string]"
     if etype == _ARRAY:
         cur.need(count * _MIN_ARRAY_BYTES, f"{field} array of {count} arrays")
         return [_read_array(cur, f"{field}[{i}]", depth + 1)[0] for i in range(count)], "array[array]"

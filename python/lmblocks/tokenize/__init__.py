@@ -1,7 +1,9 @@
 """Tokenizers that give the same ids as llama.cpp (and Hugging Face) on real vocabularies.
 
-Pure Python, built from GGUF metadata: SentencePiece BPE ("llama"), byte-level BPE ("gpt2") and
-WordPiece ("bert").
+Built from GGUF metadata: SentencePiece BPE ("llama"), byte-level BPE ("gpt2") and
+WordPiece ("bert"). Vocabularies and merges live in native StringTables (one buffer and a hash index
+each, ~6 MB for Gemma 3's 262k tokens, against ~50 MB as Python objects) and the BPE/SPM merge loops
+run natively; pre-tokenizer regexes and special-token splitting stay in Python.
 
 >>> from lmblocks.tokenize import from_gguf_metadata
 >>> md = {"tokenizer.ggml.model": "llama",

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .._core.text import StringTable
 
 _META = "tokenizer.ggml."
-CACHE_SIZE = 1 << 18  # words (chunks) remembered per tokenizer; the cache is emptied when full
 
 
 class TokenAttr(enum.IntFlag):
@@ -86,23 +89,21 @@ class Tokenizer:
     _defaults: dict = {}
 
     def __init__(self, md: dict):
-        tokens = list(md[_META + "tokens"])
+        tokens = _string_table(md[_META + "tokens"])
         n = len(tokens)
-        for i, t in enumerate(tokens):
-            if isinstance(t, bytes):
-                tokens[i] = t = t.decode("utf-8", errors="surrogateescape")
-            if not t:
-                tokens[i] = f"[EMPTY_{i}]"
-        self.tokens: list[str] = tokens
-        self.token_to_id: dict[str, int] = {}
-        for i, t in enumerate(tokens):
-            if self.token_to_id.setdefault(t, i) != i:
-                raise ValueError(f"duplicate token in vocabulary: {t!r} has ids {self.token_to_id[t]} and {i}")
-        scores = md.get(_META + "scores")
-        self.scores: list[float] = [float(s) for s in scores[:n]] if scores is not None else [0.0] * n
-        types = md.get(_META + "token_type")
-        self.attrs: list[TokenAttr] = ([_TYPE_TO_ATTR.get(int(t), TokenAttr.UNDEFINED) for t in types[:n]]
-                                       if types is not None else [TokenAttr.NORMAL] * n)
+        empty = np.flatnonzero(tokens.lengths() == 0)
+        if len(empty):  # llama.cpp's name for an empty token; rare, so the table is rebuilt
+            names = {int(i): f"[EMPTY_{i}]" for i in empty}
+            tokens = StringTable(names.get(i) or tokens.raw(i) for i in range(n))
+        i, j = tokens.first_duplicate()
+        if i >= 0:
+            raise ValueError(f"duplicate token in vocabulary: {tokens[i]!r} has ids {i} and {j}")
+        self.tokens: StringTable = tokens  # id -> text (str), and text -> id through .find()
+        self.scores: np.ndarray = _per_token(md.get(_META + "scores"), n, np.float32, 0.0)
+        types = _per_token(md.get(_META + "token_type"), n, np.int64, 1)  # absent: all NORMAL
+        lut = np.array([_TYPE_TO_ATTR[t] for t in range(len(_TYPE_TO_ATTR))], np.uint8)
+        known = (types >= 0) & (types < len(lut))
+        self.attrs: np.ndarray = np.where(known, lut[np.where(known, types, 0)], np.uint8(TokenAttr.UNDEFINED))
 
         d = dict.fromkeys(name for _, name in _SPECIAL_KEYS)
         d.update(add_bos=False, add_eos=False, add_sep=False, add_space_prefix=False, clean_spaces=False)
@@ -138,32 +139,35 @@ class Tokenizer:
 
         # Like llama.cpp: find EOT/EOM by text when the metadata does not name them, and make every
         # end-of-generation-looking token a control token (so it is hidden and split out as special).
-        for i, t in enumerate(tokens):
-            if self.eot_id is None and t in _EOT_TEXTS:
-                self.eot_id = i
+        def first(texts) -> int | None:
+            found = [i for i in map(tokens.find, texts) if i >= 0]
+            return min(found) if found else None
+
+        if self.eot_id is None and (i := first(_EOT_TEXTS)) is not None:
+            self.eot_id = i
+            self.attrs[i] |= TokenAttr.CONTROL
+        if self.eom_id is None and (i := first(["<|eom_id|>"])) is not None:
+            self.eom_id = i
+            self.attrs[i] |= TokenAttr.CONTROL
+        for k, texts in _FIM_TEXTS.items():
+            if self.fim_ids[k] is None and (i := first(texts)) is not None:
+                self.fim_ids[k] = i
                 self.attrs[i] |= TokenAttr.CONTROL
-            if self.eom_id is None and t == "<|eom_id|>":
-                self.eom_id = i
-                self.attrs[i] |= TokenAttr.CONTROL
-            for k, texts in _FIM_TEXTS.items():
-                if self.fim_ids[k] is None and t in texts:
-                    self.fim_ids[k] = i
-                    self.attrs[i] |= TokenAttr.CONTROL
         eog = {self.fim_ids[k] for k in ("fim_pad_id", "fim_rep_id", "fim_sep_id")} - {None}
-        for i, t in enumerate(tokens):
-            if t in _EOG_TEXTS:
+        for i in map(tokens.find, _EOG_TEXTS):
+            if i >= 0:
                 eog.add(i)
                 self.attrs[i] |= TokenAttr.CONTROL
-            if self.attrs[i] & TokenAttr.CONTROL and "unused" in t:
+        for i in np.flatnonzero(self.attrs & TokenAttr.CONTROL):
+            if "unused" in tokens[int(i)]:
                 self.attrs[i] |= TokenAttr.UNUSED
         eog.update(i for i in (self.eos_id, self.eot_id, self.eom_id) if i is not None)
         self.eog_ids: frozenset[int] = frozenset(eog)
 
         # Special tokens are matched longest first (llama.cpp's cache_special_tokens).
-        special = TokenAttr.CONTROL | TokenAttr.USER_DEFINED | TokenAttr.UNKNOWN
-        self._special_order = sorted((i for i in range(n) if self.attrs[i] & special),
-                                     key=lambda i: (-len(tokens[i].encode("utf-8", "surrogateescape")), i))
-        self._pieces = [self._piece(i) for i in range(n)]
+        special = np.flatnonzero(self.attrs & (TokenAttr.CONTROL | TokenAttr.USER_DEFINED | TokenAttr.UNKNOWN))
+        order = np.lexsort((special, -tokens.lengths()[special]))
+        self._special_order: list[int] = special[order].tolist()
 
     # ---- the public API -------------------------------------------------------------------------
 
@@ -186,13 +190,18 @@ class Tokenizer:
         return len(self.tokens)
 
     @property
+    def token_to_id(self) -> Mapping[str, int]:
+        """Token text -> id, read-only, looked up in the vocabulary's hash index."""
+        return _TokenIds(self.tokens)
+
+    @property
     def special_ids(self) -> frozenset[int]:
         """Control, user-defined and unknown tokens: the ones split out of text before tokenizing."""
         return frozenset(self._special_order)
 
     @property
     def control_ids(self) -> frozenset[int]:
-        return frozenset(i for i, a in enumerate(self.attrs) if a & TokenAttr.CONTROL)
+        return frozenset(np.flatnonzero(self.attrs & TokenAttr.CONTROL).tolist())
 
     def encode(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Token ids of `text`, as llama.cpp's `llama_tokenize(text, add_special, parse_special)`.
@@ -206,7 +215,7 @@ class Tokenizer:
         """The bytes token `id` stands for; control/unknown tokens give b"" unless special=True."""
         if not special and self.attrs[id] & _SPECIAL:
             return b""
-        return self._pieces[id]
+        return self._piece(id)
 
     def decode_bytes(self, ids: Sequence[int], *, skip_special: bool = False) -> bytes:
         """llama.cpp's `llama_detokenize(ids, remove_special=skip_special, unparse_special=not skip_special)`."""
@@ -260,9 +269,9 @@ class Tokenizer:
     def _piece(self, id: int) -> bytes:
         """llama.cpp's token_to_piece(special=True) for this model type; subclasses decode NORMAL tokens."""
         attr = self.attrs[id]
-        text = self.tokens[id]
         if attr & (_SPECIAL | TokenAttr.USER_DEFINED):
-            return text.encode("utf-8", "surrogateescape")
+            return self.tokens.raw(id)
+        text = self.tokens[id]
         if attr & TokenAttr.NORMAL:
             return self._normal_piece(text)
         if attr & TokenAttr.BYTE:
@@ -274,6 +283,46 @@ class Tokenizer:
 
     def _encode_fragments(self, frags: list, add_special: bool) -> list[int]:
         raise NotImplementedError
+
+
+class _TokenIds(Mapping):
+    """A Mapping view (text -> id) of a vocabulary's StringTable: no dict of every token is built."""
+
+    def __init__(self, tokens: StringTable):
+        self._tokens = tokens
+
+    def __getitem__(self, text: str) -> int:
+        i = self._tokens.find(text) if isinstance(text, (str, bytes)) else -1
+        if i < 0:
+            raise KeyError(text)
+        return i
+
+    def get(self, text: str, default=None):
+        i = self._tokens.find(text)
+        return default if i < 0 else i
+
+    def __contains__(self, text) -> bool:
+        return text in self._tokens
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tokens)
+
+
+def _string_table(strings) -> StringTable:
+    """A GGUF reader's StringTable as it is; a list (tokenizer.json, llama2.c, a test) packed into one."""
+    return strings if isinstance(strings, StringTable) else StringTable(strings)
+
+
+def _per_token(values, n: int, dtype, default) -> np.ndarray:
+    """A per-token metadata array of length n (missing or short entries take `default`)."""
+    out = np.full(n, default, dtype)
+    if values is not None:
+        v = np.asarray(values[:n], dtype)
+        out[:len(v)] = v
+    return out
 
 
 def _clean_spaces(text: bytes) -> bytes:

@@ -3,13 +3,15 @@
 
 Text is split into words by the regexes `tokenizer.ggml.pre` selects; each word's UTF-8 bytes are
 mapped to printable characters (GPT-2's bytes_to_unicode); then the adjacent pair with the lowest
-merge rank merges (ties: the leftmost) until no pair has a rank. Words are cached.
+merge rank merges (ties: the leftmost) until no pair has a rank. The pre-tokenizer's regexes run in
+Python (the `regex` module); the merge loop is native (lmblocks._core.text).
 """
 
 from __future__ import annotations
 
+from .._core import text as _text
 from . import pretokenize
-from .base import CACHE_SIZE, Tokenizer
+from .base import StringTable, Tokenizer, _string_table
 
 
 def bytes_to_unicode() -> list[str]:
@@ -52,14 +54,9 @@ class BpeTokenizer(Tokenizer):
         merges = md.get("tokenizer.ggml.merges")
         if merges is None:
             raise ValueError("byte-level BPE needs tokenizer.ggml.merges")
-        self.ranks: dict[tuple[str, str], int] = {}
-        for r, m in enumerate(merges):
-            if isinstance(m, bytes):
-                m = m.decode("utf-8", "surrogateescape")
-            k = m.find(" ", 1)  # a merge may start with a space character
-            pair = (m[:k], m[k + 1:]) if k >= 0 else ("", "")
-            self.ranks.setdefault(pair, r)
-        self._cache: dict[str, tuple[int, ...]] = {}
+        # "a b": the rank of merging symbols a and b is the first index of that text (byte-level
+        # symbols never contain a plain space, so the text names the pair unambiguously).
+        self.merges: StringTable = _string_table(merges)
 
     def _normal_piece(self, text: str) -> bytes:
         out = bytearray()
@@ -86,41 +83,4 @@ class BpeTokenizer(Tokenizer):
         return out
 
     def _tokenize(self, text: str, out: list[int]) -> None:
-        cache = self._cache
-        for word in pretokenize.split(text, self._exprs):
-            ids = cache.get(word)
-            if ids is None:
-                if len(cache) >= CACHE_SIZE:
-                    cache.clear()
-                ids = cache[word] = self._word(word)
-            out.extend(ids)
-
-    def _word(self, word: str) -> tuple[int, ...]:
-        """Token ids of one pre-tokenized word."""
-        tok = self.token_to_id
-        chars = "".join([BYTE_TO_CHAR[b] for b in word.encode("utf-8", "surrogateescape")])
-        if self.ignore_merges and chars in tok:
-            return (tok[chars],)
-        syms = list(chars)
-        ranks = self.ranks
-        while len(syms) > 1:
-            best, at = None, -1
-            for i in range(len(syms) - 1):
-                r = ranks.get((syms[i], syms[i + 1]))
-                if r is not None and (best is None or r < best):
-                    best, at = r, i
-            if best is None:
-                break
-            syms[at:at + 2] = [syms[at] + syms[at + 1]]
-        ids = []
-        for s in syms:
-            j = tok.get(s)
-            if j is not None:
-                ids.append(j)
-            else:
-                # llama.cpp looks up each UTF-8 byte of the symbol as a one-byte token, dropping misses
-                for b in s.encode("utf-8", "surrogateescape"):
-                    j = tok.get(chr(b)) if b < 0x80 else None
-                    if j is not None:
-                        ids.append(j)
-        return tuple(ids)
+        out.extend(_text.bpe_words(self.tokens, self.merges, pretokenize.split(text, self._exprs), self.ignore_merges))

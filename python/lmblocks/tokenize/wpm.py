@@ -13,7 +13,9 @@ import unicodedata
 
 import regex
 
-from .base import CACHE_SIZE, Tokenizer
+from .base import Tokenizer
+
+CACHE_SIZE = 1 << 14  # words remembered; the cache is emptied when full
 from .spm import SPACE
 
 _WS = regex.compile(r"\s")
