@@ -1,8 +1,14 @@
 """Real GGUF checkpoints against Hugging Face transformers, which loads the same files by dequantizing
 them to float32 with the `gguf` package (SmolLM2-135M-Instruct Q4_1, Gemma 3 270M Q4_K_M).
 
-Path under test: the reference path of the engine (weights dequantized panel by panel to f32, f32
-arithmetic throughout), so the bars are top-1 agreement at every position and relative error <= 1e-3.
+Two paths are under test, each test says which:
+- reference (the default here): weights dequantized panel by panel to f32, f32 arithmetic throughout
+  (lb.set_activation_quantization(False)); bars: top-1 agreement at every position, relative error
+  <= 1e-3, greedy tokens identical.
+- fast (marked `fast_path`): the kernels users get by default, which quantize activations (int16 per
+  32 elements) and read the ggml blocks as stored; the issue's bars are top-1 agreement >= 99% and
+  relative error <= 1e-2, and greedy tokens are checked too.
+Relative error: max |ours - theirs| over all positions and tokens / max |theirs|.
 """
 
 import sys
@@ -17,6 +23,14 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers refuses to load GGUF files without it
 
 N_TEXT = 300  # tokens of real text for the logits comparison (>= 256)
+
+
+@pytest.fixture(autouse=True)
+def kernel_path(request):
+    """The reference path unless the test is marked fast_path."""
+    lb.set_activation_quantization(request.node.get_closest_marker("fast_path") is not None)
+    yield
+    lb.set_activation_quantization(True)
 
 
 def load_reference(path):
@@ -57,13 +71,32 @@ def gemma3(gemma3_path):
     return lb.load(gemma3_path, verbose=False), load_reference(gemma3_path)
 
 
-def check_logits(model, ref, ids):
+def check_logits(model, ref, ids, min_top1=1.0, max_err=1e-3):
     got, want = model.logits(ids), reference_logits(ref, ids)
     assert got.shape == want.shape == (len(ids), model.args.vocab_size)
     agree = got.argmax(1) == want.argmax(1)
-    assert agree.all(), f"top-1 differs at positions {np.flatnonzero(~agree)[:10]}"
+    assert agree.mean() >= min_top1, f"top-1 differs at positions {np.flatnonzero(~agree)[:10]}"
     err = float(np.abs(got.astype(np.float64) - want).max() / np.abs(want).max())
-    assert err <= 1e-3, err
+    assert err <= max_err, err
+
+
+@pytest.mark.fast_path
+@pytest.mark.parametrize("which", ["smollm2", "gemma3"])
+def test_fast_kernels_logits_against_transformers_on_real_text(which, request, shared_data):
+    """The default kernels (activations quantized, blocks read as stored): top-1 >= 99%, error <= 1e-2.
+    (Measured: top-1 100%, error ~2e-4 of the logit range on both models.)"""
+    model, ref = request.getfixturevalue(which)
+    assert lb.get_activation_quantization()
+    ids = model.tokenizer.encode(wikitext(shared_data)[:4000])[:N_TEXT]
+    check_logits(model, ref, ids, min_top1=0.99, max_err=1e-2)
+
+
+@pytest.mark.fast_path
+def test_fast_kernels_greedy_equals_transformers(smollm2, gemma3):
+    for (model, ref), prompt in ((smollm2, [{"role": "user", "content": "What is the capital of France?"}]),
+                                 (gemma3, "Once upon a time")):
+        ids = model.encode_prompt(prompt)
+        assert model.generate_ids(ids, 32, stop_at_eos=False) == reference_greedy(ref, ids, 32)
 
 
 def test_smollm2_logits_equal_transformers_on_real_text(smollm2, shared_data):

@@ -20,6 +20,25 @@ void bind_quant(py::module_ m) {
         return to_numpy(r);
       },
       py::arg("t"), "A new float32 array of t's shape (see lmblocks.quant.dequantize).");
+  m.def(
+      "qlinear",
+      [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const Tensor& w, bool reference) {
+        if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.dim(1) || x.shape(1) % 32)
+          throw ValueError("qlinear: expected x (M, K) and weight (N, K) with K a multiple of 32");
+        const int64_t M = x.shape(0), K = x.shape(1), N = w.dim(0);
+        py::array_t<float> y({M, N});
+        const float* xp = x.data();
+        float* yp = y.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          const ops::QuantizedRows a = ops::quantize_rows(xp, M, K, K, reference);
+          ops::qlinear_rows(a, w.dtype(), static_cast<const std::byte*>(w.raw()), w.strides()[0], N, yp, reference);
+        }
+        return y;
+      },
+      py::arg("x"), py::arg("w"), py::arg("reference"),
+      "x @ w^T through the int8-activation kernels: the vector ones (where this CPU has them) or, with "
+      "reference=True, the scalar spec. For tests; lmblocks.ops.linear picks the path itself.");
 }
 
 }  // namespace lb::py_bind

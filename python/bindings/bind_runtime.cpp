@@ -24,6 +24,8 @@ void bind_runtime(py::module_& m) {
   m.def("get_num_threads", &num_threads);
   m.def("set_isa", [](const std::string& s) { set_isa(isa_from_name(s)); }, py::arg("isa"));
   m.def("get_isa", [] { return std::string(isa_name(active_isa())); });
+  m.def("set_activation_quantization", &set_activation_quantization, py::arg("on"));
+  m.def("get_activation_quantization", &activation_quantization);
   m.def("isa_env_warning", [] { return isa_env_warning(); });
   m.def("cpu_info", [] {
     const CpuFeatures& f = cpu_features();

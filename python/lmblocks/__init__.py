@@ -27,8 +27,10 @@ from ._core import (  # noqa: E402
     dtype_info,
     dtypes,
     empty,
+    get_activation_quantization,
     get_isa,
     get_num_threads,
+    set_activation_quantization,
     set_isa,
     set_num_threads,
     zeros,
@@ -71,6 +73,6 @@ def from_file(path, offset: int, shape, dtype) -> Tensor:
 
 __all__ = [
     "__version__", "Tensor", "MappedFile", "asarray", "empty", "zeros", "from_file", "dtype_info", "dtypes",
-    "set_num_threads", "get_num_threads", "set_isa", "get_isa", "cpu_info", "ops", "io", "tokenize", "sampling", "dequantize", "inspect",
+    "set_num_threads", "get_num_threads", "set_isa", "get_isa", "set_activation_quantization", "get_activation_quantization", "cpu_info", "ops", "io", "tokenize", "sampling", "dequantize", "inspect",
     "nn", "models", "Model", "load", "StringTable",
 ]

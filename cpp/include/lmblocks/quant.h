@@ -1,6 +1,10 @@
 // ggml block formats: conversion to float32 (the reference path for GGUF models).
 // The formats themselves are rows of the type table (cpp/src/quant/type_traits.cpp).
 #pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
 #include "lmblocks/tensor.h"
 
 namespace lb {
@@ -11,3 +15,24 @@ namespace lb {
 Tensor dequantize(const Tensor& t);
 
 }  // namespace lb
+
+// ---- Quantized linear (cpp/src/ops/qlinear.cpp): activations quantized to int16 once per call, then
+// every weight row's dot product read straight from its ggml blocks. Used by ops::linear and the engine.
+namespace lb::ops {
+
+// M rows of K activations as int16 blocks of 32 with scales d (per 32) and s = d * sum(q) (per 16).
+struct QuantizedRows {
+  int64_t M = 0, K = 0;
+  std::vector<int16_t> q;
+  std::vector<float> d, s;
+};
+
+// Whether weights of type t take the quantized path on this CPU (AVX-512 with VNNI).
+bool qlinear_fast(DType t);
+// x: M rows of K floats, `ld` apart; K % 32 == 0. `reference` forces the scalar kernels.
+QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bool reference = false);
+// y (M, N) row-major = a @ W^T for W (N, K) of ggml block type `type`, rows `row_bytes` apart.
+void qlinear_rows(const QuantizedRows& a, DType type, const std::byte* w, int64_t row_bytes, int64_t N, float* y,
+                  bool reference = false);
+
+}  // namespace lb::ops

@@ -37,7 +37,7 @@ void parallel_for(int64_t n, int64_t grain, F&& fn) {
 
 // ---- CPU features and dispatch ------------------------------------------------------------------
 // Instruction-set levels, in order. A kernel family provides a subset; dispatch takes the best one
-// at or below the active level. x86: scalar < avx2 (AVX2+FMA+F16C) < avx512 (F+BW+DQ+VL).
+// at or below the active level. x86: scalar < avx2 (AVX2+FMA+F16C) < avx512 (F+BW+DQ+VL+VNNI).
 // aarch64: scalar < neon.
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3 };
 
@@ -56,6 +56,11 @@ void set_isa(Isa isa);          // throws lb::ValueError above best_isa()
 const char* isa_name(Isa isa);
 Isa isa_from_name(const std::string& s);  // throws lb::ValueError
 bool isa_compiled(Isa isa);     // was a variant for it built into this binary
+// Quantized weights (ggml blocks) multiply int8-quantized activations (the fast path, on by default
+// where a vector kernel exists) or, when off, f32 activations against weights dequantized panel by
+// panel (the reference path: float32 arithmetic on the dequantized weights).
+bool activation_quantization();
+void set_activation_quantization(bool on);
 // The ISA the env var LMBLOCKS_ISA asked for at start-up, and a warning if it could not be honoured.
 const std::string& isa_env_warning();
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ops/common.h"
+#include "lmblocks/quant.h"
 
 namespace lb::ops {
 LB_REGISTER_FAMILY(matmul, false, "OpenBLAS sgemm");
@@ -206,6 +207,21 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Ten
   const Tensor x = blas_operand(xv, true, M, K, mx, op, "x");
   const float beta = bias_in.defined() ? 1.f : 0.f;
 
+  // ggml blocks with a vector kernel: int8 activations against the blocks as stored (bias already in y).
+  if (activation_quantization() && qlinear_fast(w_in.dtype()) && K % 32 == 0) {
+    const Tensor xr = mx.trans ? detail::f32_contiguous(xv, op, "x") : x;  // rows of K contiguous floats
+    const QuantizedRows a = quantize_rows(xr.data<float>(), M, K, mx.trans ? K : mx.ld);
+    if (bias_in.defined()) {
+      std::vector<float> t(size_t(M * N));
+      qlinear_rows(a, w_in.dtype(), static_cast<const std::byte*>(w_in.raw()), w_in.strides()[0], N, t.data());
+      detail::for_rows(M, N, [&](int64_t r0, int64_t r1) {
+        for (int64_t i = r0 * N; i < r1 * N; ++i) yp[i] += t[size_t(i)];
+      });
+    } else {
+      qlinear_rows(a, w_in.dtype(), static_cast<const std::byte*>(w_in.raw()), w_in.strides()[0], N, yp);
+    }
+    return out;
+  }
   // Weights that are not f32 (f16, bf16, ggml blocks) with whole rows in memory: convert them panel by
   // panel into per-thread f32 scratch and multiply there, so no f32 copy of the matrix is ever made.
   // This is the reference path for quantized models; the fast-kernels work replaces it.

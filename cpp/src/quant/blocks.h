@@ -80,6 +80,28 @@ static_assert(sizeof(block_q2_k) == 84 && sizeof(block_q3_k) == 110, "q2_k/q3_k 
 static_assert(sizeof(block_q4_k) == 144 && sizeof(block_q5_k) == 176, "q4_k/q5_k block size");
 static_assert(sizeof(block_q6_k) == 210 && sizeof(block_q8_k) == 292, "q6_k/q8_k block size");
 
+// q4_k/q5_k: the 6-bit scale and min of sub-block j (0..7). Bytes 0..3 hold scales 0..3 and bytes
+// 4..7 mins 0..3 in their low 6 bits; sub-blocks 4..7 take their low nibbles from bytes 8..11 and
+// their top 2 bits from the top bits of bytes 0..3 (scales) and 4..7 (mins).
+inline void scale_min_k4(int j, const uint8_t* q, uint8_t& sc, uint8_t& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// q3_k: its sixteen 6-bit scales, minus 32.
+inline void q3_k_scales(const uint8_t* s, int8_t out[16]) {
+  for (int j = 0; j < 16; ++j) {
+    const int lo = j < 8 ? s[j] & 0x0F : s[j - 8] >> 4;
+    const int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    out[j] = int8_t((lo | (hi << 4)) - 32);
+  }
+}
+
 // Scalar reference dequantizers: n elements (a multiple of the block size) from contiguous blocks,
 // with ggml's arithmetic in ggml's order, so results match dequantize_row_* bit for bit.
 void dequantize_q4_0_ref(const void* blocks, float* y, int64_t n);  // q4_q5.cpp

@@ -4,23 +4,6 @@
 #include "lmblocks/dtype.h"
 
 namespace lb {
-namespace {
-
-// q4_k/q5_k: the 6-bit scale and min of sub-block j (0..7). Bytes 0..3 hold scales 0..3 and bytes
-// 4..7 mins 0..3 in their low 6 bits; sub-blocks 4..7 take their low nibbles from bytes 8..11 and
-// their top 2 bits from the top bits of bytes 0..3 (scales) and 4..7 (mins).
-inline void scale_min_k4(int j, const uint8_t* q, uint8_t& sc, uint8_t& m) {
-  if (j < 4) {
-    sc = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
-    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
-}  // namespace
-
 void dequantize_q2_k_ref(const void* blocks, float* y, int64_t n) {
   const auto* x = static_cast<const block_q2_k*>(blocks);
   for (int64_t i = 0; i < n / QK_K; ++i) {
@@ -44,11 +27,7 @@ void dequantize_q3_k_ref(const void* blocks, float* y, int64_t n) {
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const float d_all = f16_to_f32(x[i].d);
     int8_t scales[16];
-    for (int j = 0; j < 16; ++j) {
-      const int lo = j < 8 ? x[i].scales[j] & 0x0F : x[i].scales[j - 8] >> 4;
-      const int hi = (x[i].scales[8 + j % 4] >> (2 * (j / 4))) & 3;
-      scales[j] = int8_t((lo | (hi << 4)) - 32);
-    }
+    q3_k_scales(x[i].scales, scales);
     const uint8_t* q = x[i].qs;
     const uint8_t* hm = x[i].hmask;
     uint8_t m = 1;

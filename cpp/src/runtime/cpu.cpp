@@ -96,7 +96,8 @@ Isa detect_best() {
   const CpuFeatures& f = cpu_features();
 #if LB_X86
   const bool avx2 = f.has("avx2") && f.has("fma") && f.has("f16c");
-  const bool avx512 = avx2 && f.has("avx512f") && f.has("avx512bw") && f.has("avx512dq") && f.has("avx512vl");
+  const bool avx512 = avx2 && f.has("avx512f") && f.has("avx512bw") && f.has("avx512dq") && f.has("avx512vl") &&
+                      f.has("avx512_vnni");  // int8 dot products (Ice Lake, Cascade Lake, Zen 4 and later)
   if (avx512 && isa_compiled(Isa::avx512)) return Isa::avx512;
   if (avx2 && isa_compiled(Isa::avx2)) return Isa::avx2;
 #elif LB_ARM64
@@ -175,6 +176,16 @@ void set_isa(Isa isa) {
                      isa_name(best_isa()) + "'");
   active().store(int(isa), std::memory_order_relaxed);
 }
+
+namespace {
+std::atomic<bool>& activation_quantization_flag() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+}  // namespace
+
+bool activation_quantization() { return activation_quantization_flag().load(std::memory_order_relaxed); }
+void set_activation_quantization(bool on) { activation_quantization_flag().store(on, std::memory_order_relaxed); }
 
 const char* isa_name(Isa isa) {
   switch (isa) {

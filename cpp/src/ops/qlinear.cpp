@@ -1,0 +1,438 @@
+// Quantized linear: y = x @ W^T with W in a ggml block format, read as stored (no f32 copy).
+//
+// Each row of x is quantized on the fly to int16 in blocks of 32 (q = round(x / d), d = max|x| / 32767)
+// with, per 16 elements, s = d * sum(q). int16, not int8 as ggml's q8_0/q8_K: int8 activations moved
+// the logits of SmolLM2 and Gemma 3 by 3-5% (top-1 96-98% on wikitext), int16 by ~1e-4 of their range. Every weight type is then read as 32-element chunks of
+// unsigned integers u with, per 16 elements, a scale a and an offset c (element = a * u + c):
+//
+//   q4_0: u = nibble, a = d, c = -8d          q4_1: u = nibble, a = d, c = m
+//   q5_0: u = 5 bits, a = d, c = -16d         q5_1: u = 5 bits, a = d, c = m
+//   q8_0: u = q + 128, a = d, c = -128d       q4_k/q5_k: a = d * sc, c = -dmin * m (per 32)
+//   q6_k: u = 6 bits, a = d * sc, c = -32a    q2_k: a = d * (sc & 15), c = -dmin * (sc >> 4)
+//   q3_k: u = 2 bits + 4 * high bit, a = d * (sc - 32), c = -4a
+//
+// so one dot product serves all ten types: sum over halves h of a_h * d * (u . q)_h + c_h * s_h.
+// The integer part (u . q) is a 16-bit dot product into int32 lanes: AVX-512 VNNI's vpdpwssd (the
+// avx512 level requires VNNI); u <= 255 and |q| <= 32767, so a half's 16 products stay below 2^31.
+#include <algorithm>
+#include <cstddef>
+#include <string>
+
+#include "lmblocks/error.h"
+
+#include "ops/kernel.h"
+#include "quant/blocks.h"
+
+namespace lb::kernels {
+
+// One 32-element chunk of a weight row: element i = a[i / 16] * u[i] + c[i / 16].
+struct Chunk {
+  alignas(32) uint8_t u[32];
+  float a[2], c[2];
+};
+
+}  // namespace lb::kernels
+
+// Vector variants exist for the avx512 level only so far (VNNI); elsewhere linear() keeps the
+// dequantize-and-sgemm path, and the references here are the spec the tests hold the vectors to.
+namespace lb::kernels {
+// x (K,), K % 32 == 0 -> q (K,), d (K / 32,), s (K / 16,).
+void quantize_act_ref(const float* x, int64_t K, int16_t* q, float* d, float* s);
+// y[r] = dot(row r of W, activation) for r in [0, n): W's rows are `row_bytes` apart, of type `type`.
+void qdot_rows_ref(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
+                   const float* d, const float* s, float* y);
+namespace avx512 {
+void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s);
+void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
+               const float* d, const float* s, float* y);
+}  // namespace avx512
+
+// ---- chunk decoders: the spec of every weight format, shared by the reference and SIMD paths -------
+
+namespace {
+
+template <class Block>
+const Block& block_at(const std::byte* row, int64_t i) {
+  return reinterpret_cast<const Block*>(row)[i];
+}
+
+void nibbles(const uint8_t* qs, uint8_t* u) {  // element l in qs[l]'s low nibble, l + 16 in its high one
+  for (int l = 0; l < 16; ++l) {
+    u[l] = qs[l] & 0x0F;
+    u[l + 16] = qs[l] >> 4;
+  }
+}
+void fifth_bits(const uint8_t* qh, uint8_t* u) {  // bit l of the little-endian u32 qh is bit 4 of element l
+  uint32_t h;
+  std::memcpy(&h, qh, 4);
+  for (int l = 0; l < 32; ++l) u[l] |= uint8_t(((h >> l) & 1) << 4);
+}
+void same_halves(Chunk& ch, float a, float c) {
+  ch.a[0] = ch.a[1] = a;
+  ch.c[0] = ch.c[1] = c;
+}
+
+void chunk_q4_0(const std::byte* row, int64_t j, Chunk& ch) {
+  const auto& b = block_at<block_q4_0>(row, j);
+  nibbles(b.qs, ch.u);
+  const float d = f16_to_f32(b.d);
+  same_halves(ch, d, -8.f * d);
+}
+void chunk_q4_1(const std::byte* row, int64_t j, Chunk& ch) {
+  const auto& b = block_at<block_q4_1>(row, j);
+  nibbles(b.qs, ch.u);
+  same_halves(ch, f16_to_f32(b.d), f16_to_f32(b.m));
+}
+void chunk_q5_0(const std::byte* row, int64_t j, Chunk& ch) {
+  const auto& b = block_at<block_q5_0>(row, j);
+  nibbles(b.qs, ch.u);
+  fifth_bits(b.qh, ch.u);
+  const float d = f16_to_f32(b.d);
+  same_halves(ch, d, -16.f * d);
+}
+void chunk_q5_1(const std::byte* row, int64_t j, Chunk& ch) {
+  const auto& b = block_at<block_q5_1>(row, j);
+  nibbles(b.qs, ch.u);
+  fifth_bits(b.qh, ch.u);
+  same_halves(ch, f16_to_f32(b.d), f16_to_f32(b.m));
+}
+void chunk_q8_0(const std::byte* row, int64_t j, Chunk& ch) {
+  const auto& b = block_at<block_q8_0>(row, j);
+  for (int l = 0; l < 32; ++l) ch.u[l] = uint8_t(b.qs[l] + 128);
+  const float d = f16_to_f32(b.d);
+  same_halves(ch, d, -128.f * d);
+}
+// k-quants: chunk j is sub-range [32 (j % 8), +32) of super-block j / 8.
+void chunk_q4_k(const std::byte* row, int64_t j, Chunk& ch) {
+  const auto& b = block_at<block_q4_k>(row, j / 8);
+  const int c = int(j % 8), shift = 4 * (c & 1);
+  const uint8_t* q = b.qs + 32 * (c / 2);
+  for (int l = 0; l < 32; ++l) ch.u[l] = (q[l] >> shift) & 0x0F;
+  uint8_t sc, m;
+  scale_min_k4(c, b.scales, sc, m);
+  same_halves(ch, f16_to_f32(b.d) * sc, -(f16_to_f32(b.dmin) * m));
+}
+void chunk_q5_k(const std::byte* row, int64_t j, Chunk& ch) {
+  const auto& b = block_at<block_q5_k>(row, j / 8);
+  const int c = int(j % 8), shift = 4 * (c & 1);
+  const uint8_t* q = b.qs + 32 * (c / 2);
+  for (int l = 0; l < 32; ++l) ch.u[l] = uint8_t(((q[l] >> shift) & 0x0F) | (((b.qh[l] >> c) & 1) << 4));
+  uint8_t sc, m;
+  scale_min_k4(c, b.scales, sc, m);
+  same_halves(ch, f16_to_f32(b.d) * sc, -(f16_to_f32(b.dmin) * m));
+}
+void chunk_q6_k(const std::byte* row, int64_t j, Chunk& ch) {
+  const auto& b = block_at<block_q6_k>(row, j / 8);
+  const int c = int(j % 8), half = c / 4, k = c % 4;
+  const uint8_t* ql = b.ql + 64 * half + 32 * (k & 1);
+  const uint8_t* qh = b.qh + 32 * half;
+  for (int l = 0; l < 32; ++l) ch.u[l] = uint8_t(((ql[l] >> (4 * (k >> 1))) & 0x0F) | (((qh[l] >> (2 * k)) & 3) << 4));
+  const float d = f16_to_f32(b.d);
+  for (int h = 0; h < 2; ++h) {
+    ch.a[h] = d * b.scales[8 * half + 2 * k + h];
+    ch.c[h] = -32.f * ch.a[h];
+  }
+}
+void chunk_q2_k(const std::byte* row, int64_t j, Chunk& ch) {
+  const auto& b = block_at<block_q2_k>(row, j / 8);
+  const int c = int(j % 8), half = c / 4, shift = 2 * (c % 4);
+  const uint8_t* q = b.qs + 32 * half;
+  for (int l = 0; l < 32; ++l) ch.u[l] = (q[l] >> shift) & 3;
+  const float d = f16_to_f32(b.d), dmin = f16_to_f32(b.dmin);
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t sc = b.scales[8 * half + 2 * (c % 4) + h];
+    ch.a[h] = d * (sc & 0x0F);
+    ch.c[h] = -(dmin * (sc >> 4));
+  }
+}
+void chunk_q3_k(const std::byte* row, int64_t j, Chunk& ch) {
+  const auto& b = block_at<block_q3_k>(row, j / 8);
+  const int c = int(j % 8), half = c / 4, shift = 2 * (c % 4);
+  const uint8_t* q = b.qs + 32 * half;
+  for (int l = 0; l < 32; ++l) ch.u[l] = uint8_t(((q[l] >> shift) & 3) | (((b.hmask[l] >> c) & 1) << 2));
+  int8_t sc[16];
+  q3_k_scales(b.scales, sc);
+  const float d = f16_to_f32(b.d);
+  for (int h = 0; h < 2; ++h) {
+    ch.a[h] = d * sc[8 * half + 2 * (c % 4) + h];
+    ch.c[h] = -4.f * ch.a[h];
+  }
+}
+
+using ChunkFn = void (*)(const std::byte*, int64_t, Chunk&);
+
+ChunkFn chunk_fn(DType t) {
+  switch (t) {
+    case DType::q4_0: return chunk_q4_0;
+    case DType::q4_1: return chunk_q4_1;
+    case DType::q5_0: return chunk_q5_0;
+    case DType::q5_1: return chunk_q5_1;
+    case DType::q8_0: return chunk_q8_0;
+    case DType::q2_k: return chunk_q2_k;
+    case DType::q3_k: return chunk_q3_k;
+    case DType::q4_k: return chunk_q4_k;
+    case DType::q5_k: return chunk_q5_k;
+    case DType::q6_k: return chunk_q6_k;
+    default: return nullptr;
+  }
+}
+
+}  // namespace
+
+#if LB_SIMD && defined(__AVX512F__)
+namespace LB_ISA {
+
+void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s) {
+  for (int64_t j = 0; j < K / 32; ++j) {
+    const __m512 v0 = _mm512_loadu_ps(x + 32 * j), v1 = _mm512_loadu_ps(x + 32 * j + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float dj = amax / 32767.f, id = amax > 0.f ? 32767.f / amax : 0.f;
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vid)), i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * j), _mm512_cvtsepi32_epi16(i0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * j + 16), _mm512_cvtsepi32_epi16(i1));
+    d[j] = dj;
+    s[2 * j] = dj * float(_mm512_reduce_add_epi32(i0));
+    s[2 * j + 1] = dj * float(_mm512_reduce_add_epi32(i1));
+  }
+}
+
+namespace {
+
+// Unsigned bytes of one 32-element chunk in element order, and its a, c (per half).
+struct U32 {
+  __m256i u;
+  float a0, a1, c0, c1;
+};
+
+inline __m256i nibbles256(const uint8_t* qs) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i m = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+inline __m256i fifth_bits256(const uint8_t* qh) {
+  uint32_t h;
+  std::memcpy(&h, qh, 4);
+  return _mm256_maskz_mov_epi8(__mmask32(h), _mm256_set1_epi8(0x10));
+}
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// Types whose two halves of a chunk have their own scale (16-element sub-blocks).
+template <DType T>
+constexpr bool kHalves = T == DType::q6_k || T == DType::q2_k || T == DType::q3_k;
+
+template <DType T>
+inline U32 load_chunk(const std::byte* row, int64_t j) {
+  if constexpr (T == DType::q4_0) {
+    const auto& b = block_at<block_q4_0>(row, j);
+    const float d = h2f(b.d);
+    return {nibbles256(b.qs), d, d, -8.f * d, -8.f * d};
+  } else if constexpr (T == DType::q4_1) {
+    const auto& b = block_at<block_q4_1>(row, j);
+    const float d = h2f(b.d), m = h2f(b.m);
+    return {nibbles256(b.qs), d, d, m, m};
+  } else if constexpr (T == DType::q5_0) {
+    const auto& b = block_at<block_q5_0>(row, j);
+    const float d = h2f(b.d);
+    return {_mm256_or_si256(nibbles256(b.qs), fifth_bits256(b.qh)), d, d, -16.f * d, -16.f * d};
+  } else if constexpr (T == DType::q5_1) {
+    const auto& b = block_at<block_q5_1>(row, j);
+    const float d = h2f(b.d), m = h2f(b.m);
+    return {_mm256_or_si256(nibbles256(b.qs), fifth_bits256(b.qh)), d, d, m, m};
+  } else if constexpr (T == DType::q8_0) {
+    const auto& b = block_at<block_q8_0>(row, j);
+    const float d = h2f(b.d);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
+    return {_mm256_xor_si256(v, _mm256_set1_epi8(char(0x80))), d, d, -128.f * d, -128.f * d};
+  } else if constexpr (T == DType::q4_k || T == DType::q5_k) {
+    using B = std::conditional_t<T == DType::q4_k, block_q4_k, block_q5_k>;
+    const auto& b = block_at<B>(row, j / 8);
+    const int c = int(j % 8);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * (c / 2)));
+    __m256i u = _mm256_and_si256(c & 1 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
+    if constexpr (T == DType::q5_k) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh));
+      const __mmask32 bit = _mm256_test_epi8_mask(h, _mm256_set1_epi8(char(1 << c)));
+      u = _mm256_or_si256(u, _mm256_maskz_mov_epi8(bit, _mm256_set1_epi8(0x10)));
+    }
+    uint8_t sc, m;
+    scale_min_k4(c, b.scales, sc, m);
+    const float a = h2f(b.d) * sc, off = -(h2f(b.dmin) * m);
+    return {u, a, a, off, off};
+  } else if constexpr (T == DType::q6_k) {
+    const auto& b = block_at<block_q6_k>(row, j / 8);
+    const int c = int(j % 8), half = c / 4, k = c % 4;
+    const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half + 32 * (k & 1)));
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
+    const __m256i lo = _mm256_and_si256(k >> 1 ? _mm256_srli_epi16(l, 4) : l, _mm256_set1_epi8(0x0F));
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(h, 2 * k), _mm256_set1_epi8(3));
+    const float d = h2f(b.d);
+    const float a0 = d * b.scales[8 * half + 2 * k], a1 = d * b.scales[8 * half + 2 * k + 1];
+    return {_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), a0, a1, -32.f * a0, -32.f * a1};
+  } else {
+    Chunk ch;
+    chunk_fn(T)(row, j, ch);
+    return {_mm256_load_si256(reinterpret_cast<const __m256i*>(ch.u)), ch.a[0], ch.a[1], ch.c[0], ch.c[1]};
+  }
+}
+
+// sum over chunks j of a_h * d_j * (u . q)_h + c_h * s_h: one vpdpwssd per chunk, whose 16 int32
+// lanes hold half 0 (lanes 0-7) and half 1 (lanes 8-15).
+template <DType T>
+float dot_row(const std::byte* row, int64_t K, const int16_t* q, const float* d, const float* s) {
+  const __m512i lane_half = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  float cs0 = 0.f, cs1 = 0.f;
+  const int64_t nc = K / 32;
+  const auto chunk = [&](int64_t j, __m512& acc, float& cs) {
+    const U32 x = load_chunk<T>(row, j);
+    const __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_cvtepu8_epi16(x.u),
+                                            _mm512_loadu_si512(q + 32 * j));
+    __m512 f;
+    if constexpr (kHalves<T>) {
+      const __m128 ad = _mm_mul_ps(_mm_set_ps(0.f, 0.f, x.a1, x.a0), _mm_set1_ps(d[j]));
+      f = _mm512_permutexvar_ps(lane_half, _mm512_castps128_ps512(ad));
+      cs += x.c0 * s[2 * j] + x.c1 * s[2 * j + 1];
+    } else {
+      f = _mm512_set1_ps(x.a0 * d[j]);
+      cs += x.c0 * (s[2 * j] + s[2 * j + 1]);
+    }
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), f, acc);
+  };
+  int64_t j = 0;
+  for (; j + 2 <= nc; j += 2) {  // two independent chains
+    chunk(j, acc0, cs0);
+    chunk(j + 1, acc1, cs1);
+  }
+  if (j < nc) chunk(j, acc0, cs0);
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + (cs0 + cs1);
+}
+
+template <DType T>
+void rows(const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q, const float* d,
+          const float* s, float* y) {
+  for (int64_t r = 0; r < n; ++r) y[r] = dot_row<T>(w + r * row_bytes, K, q, d, s);
+}
+
+}  // namespace
+
+void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
+               const float* d, const float* s, float* y) {
+  switch (type) {
+#define LB_QDOT_CASE(t) \
+  case DType::t: return rows<DType::t>(w, row_bytes, n, K, q, d, s, y);
+    LB_QDOT_CASE(q4_0) LB_QDOT_CASE(q4_1) LB_QDOT_CASE(q5_0) LB_QDOT_CASE(q5_1) LB_QDOT_CASE(q8_0)
+    LB_QDOT_CASE(q2_k) LB_QDOT_CASE(q3_k) LB_QDOT_CASE(q4_k) LB_QDOT_CASE(q5_k) LB_QDOT_CASE(q6_k)
+#undef LB_QDOT_CASE
+    default: throw TypeError(std::string("qdot_rows: no kernel for ") + name(type));
+  }
+}
+
+}  // namespace LB_ISA
+#elif !LB_SIMD
+
+void quantize_act_ref(const float* x, int64_t K, int16_t* q, float* d, float* s) {
+  for (int64_t j = 0; j < K / 32; ++j) {
+    float amax = 0.f;
+    for (int l = 0; l < 32; ++l) amax = std::max(amax, std::fabs(x[32 * j + l]));
+    const float dj = amax / 32767.f, id = amax > 0.f ? 32767.f / amax : 0.f;
+    d[j] = dj;
+    for (int h = 0; h < 2; ++h) {
+      int32_t sum = 0;
+      for (int l = 16 * h; l < 16 * h + 16; ++l) {
+        const int v = int(std::nearbyint(x[32 * j + l] * id));  // ties to even, as cvtps2dq
+        q[32 * j + l] = int16_t(std::clamp(v, -32767, 32767));
+        sum += q[32 * j + l];
+      }
+      s[2 * j + h] = dj * float(sum);
+    }
+  }
+}
+
+void qdot_rows_ref(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
+                   const float* d, const float* s, float* y) {
+  const ChunkFn chunk = chunk_fn(type);
+  if (!chunk) throw TypeError(std::string("qdot_rows: no kernel for ") + name(type));
+  for (int64_t r = 0; r < n; ++r) {
+    const std::byte* row = w + r * row_bytes;
+    float acc = 0.f;
+    Chunk ch;
+    for (int64_t j = 0; j < K / 32; ++j) {
+      chunk(row, j, ch);
+      for (int h = 0; h < 2; ++h) {
+        int32_t dot = 0;
+        for (int l = 16 * h; l < 16 * h + 16; ++l) dot += int32_t(ch.u[l]) * q[32 * j + l];
+        acc += ch.a[h] * d[j] * float(dot) + ch.c[h] * s[2 * j + h];
+      }
+    }
+    y[r] = acc;
+  }
+}
+
+#endif
+}  // namespace lb::kernels
+
+#if !LB_SIMD
+#include "ops/common.h"
+#include "lmblocks/quant.h"
+
+namespace lb::ops {
+static RegisterKernelFamily lb_family_qlinear(
+    "qlinear", isa_compiled(Isa::avx512) ? std::vector<Isa>{Isa::avx512} : std::vector<Isa>{},
+    "int16 activations x ggml blocks (AVX-512 VNNI); other ISAs dequantize + sgemm");
+
+namespace {
+
+bool vector_path() {
+#ifdef LB_HAVE_avx512
+  return active_isa() == Isa::avx512;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool qlinear_fast(DType t) { return vector_path() && kernels::chunk_fn(t) != nullptr; }
+
+QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bool reference) {
+  QuantizedRows a;
+  a.M = M;
+  a.K = K;
+  a.q.resize(size_t(M * K));
+  a.d.resize(size_t(M * K / 32));
+  a.s.resize(size_t(M * K / 16));
+  auto fn = &kernels::quantize_act_ref;
+#ifdef LB_HAVE_avx512
+  if (!reference && vector_path()) fn = &kernels::avx512::quantize_act;
+#endif
+  detail::for_rows(M, K, [&](int64_t r0, int64_t r1) {
+    for (int64_t m = r0; m < r1; ++m)
+      fn(x + m * ld, K, a.q.data() + m * K, a.d.data() + m * K / 32, a.s.data() + m * K / 16);
+  });
+  return a;
+}
+
+void qlinear_rows(const QuantizedRows& a, DType type, const std::byte* w, int64_t row_bytes, int64_t N, float* y,
+                  bool reference) {
+  if (!kernels::chunk_fn(type)) throw TypeError(std::string("qlinear: no kernel for ") + name(type));
+  auto fn = &kernels::qdot_rows_ref;
+#ifdef LB_HAVE_avx512
+  if (!reference && vector_path()) fn = &kernels::avx512::qdot_rows;
+#endif
+  const int64_t K = a.K;
+  // Tiles of weight rows small enough to stay in L1 while every activation row passes over them.
+  const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(64, (16 << 10) / std::max<int64_t>(row_bytes, 1)));
+  parallel_for((N + tile - 1) / tile, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t * tile, n = std::min(N, n0 + tile) - n0;
+      for (int64_t m = 0; m < a.M; ++m)
+        fn(type, w + n0 * row_bytes, row_bytes, n, K, a.q.data() + m * K, a.d.data() + m * K / 32,
+           a.s.data() + m * K / 16, y + m * N + n0);
+    }
+  });
+}
+
+}  // namespace lb::ops
+#endif

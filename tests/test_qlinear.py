@@ -1,0 +1,73 @@
+"""The quantized-activation path for quantized weights (lmblocks.ops.linear on ggml blocks), against
+float64 NumPy on the dequantized weights.
+
+Quantizing a row of x to int16 per 32 elements moves each x_k by at most d_b / 2 = max|x_b| / 65534
+(b: its block), so |x @ W^T - x_q @ W^T| <= sum_k |W_nk| max|x_b(k)| / 65534: the bound the fast path
+is held to, computed per output. The vector kernels (AVX-512 VNNI) must also equal the scalar reference kernels
+up to float summation order. Under LMBLOCKS_ISA=avx2/scalar, linear takes the dequantize + sgemm path,
+which meets the same bound trivially; the reference-vs-vector check then compares the spec with itself.
+"""
+
+import numpy as np
+import pytest
+
+import lmblocks as lb
+from lmblocks.quant import dequantize
+
+from test_quant import _random_tensor
+
+TYPES_32 = ["q4_0", "q4_1", "q5_0", "q5_1", "q8_0"]
+TYPES_K = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"]
+CASES = [(t, k) for t in TYPES_32 for k in (32, 96, 576)] + [(t, k) for t in TYPES_K for k in (256, 768)]
+
+
+def quantization_bound(x, w64):
+    """Per-output bound on the error int16 activations may add: sum_k |W_nk| * max|x_b(k)| / 65534."""
+    amax = np.abs(x.astype(np.float64)).reshape(x.shape[0], -1, 32).max(-1)  # (M, K/32)
+    return (np.repeat(amax, 32, axis=1) @ np.abs(w64).T) / 65534.0
+
+
+@pytest.mark.parametrize("name,K", CASES)
+@pytest.mark.parametrize("M,N", [(1, 1), (3, 67), (9, 130)])
+def test_quantized_linear_within_the_activation_quantization_bound(rng, name, K, M, N):
+    w, _ = _random_tensor(rng, name, (N, K))
+    w64 = dequantize(w).astype(np.float64)
+    x = rng.standard_normal((M, K), dtype=np.float32) * rng.uniform(0.1, 10, (M, 1)).astype(np.float32)
+    x[0, :7] *= 30  # an outlier block
+    want = x.astype(np.float64) @ w64.T
+    got = np.asarray(lb.ops.linear(x, w), np.float64)
+    slack = 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(w64).T)  # float32 summation
+    assert np.all(np.abs(got - want) <= quantization_bound(x, w64) + slack)
+
+
+@pytest.mark.parametrize("name,K", CASES)
+def test_vector_kernels_equal_the_scalar_reference(rng, name, K):
+    w, _ = _random_tensor(rng, name, (37, K))
+    x = rng.standard_normal((4, K), dtype=np.float32)
+    fast = lb._core.quant.qlinear(x, w, False)
+    ref = lb._core.quant.qlinear(x, w, True)
+    scale = np.abs(x).astype(np.float64) @ np.abs(dequantize(w).astype(np.float64)).T
+    np.testing.assert_array_less(np.abs(fast - ref), 1e-5 * scale + 1e-30)
+
+
+def test_bias_and_a_strided_x(rng):
+    w, _ = _random_tensor(rng, "q4_k", (40, 512))
+    b = rng.standard_normal(40, dtype=np.float32)
+    x = rng.standard_normal((512, 6), dtype=np.float32).T  # column-major rows
+    w64 = dequantize(w).astype(np.float64)
+    want = x.astype(np.float64) @ w64.T + b
+    got = np.asarray(lb.ops.linear(x, w, b), np.float64)
+    assert np.all(np.abs(got - want) <= quantization_bound(x, w64) + 1e-5 * (np.abs(x) @ np.abs(w64).T) + 1e-6)
+
+
+def test_reference_path_switch(rng):
+    """With activation quantization off, linear multiplies f32 x by the dequantized weights."""
+    w, _ = _random_tensor(rng, "q4_0", (16, 64))
+    x = rng.standard_normal((2, 64), dtype=np.float32)
+    want = x.astype(np.float64) @ dequantize(w).astype(np.float64).T
+    assert lb.get_activation_quantization()
+    lb.set_activation_quantization(False)
+    try:
+        np.testing.assert_allclose(lb.ops.linear(x, w), want, rtol=1e-5, atol=1e-6)
+    finally:
+        lb.set_activation_quantization(True)
