@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "lmblocks/error.h"
 
@@ -45,6 +46,10 @@ namespace avx512 {
 void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s);
 void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
                const float* d, const float* s, float* y);
+// y[m * ldy + r] for M activation rows (q, d, s of row m at m * K, m * K / 32, m * K / 16) and n weight
+// rows: the rows are decoded once, then multiplied 4 weight rows x 4 activation rows at a time.
+void qgemm_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
+                const float* d, const float* s, int64_t M, float* y, int64_t ldy);
 }  // namespace avx512
 
 // ---- chunk decoders: the spec of every weight format, shared by the reference and SIMD paths -------
@@ -315,6 +320,92 @@ void rows(const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int
   for (int64_t r = 0; r < n; ++r) y[r] = dot_row<T>(w + r * row_bytes, K, q, d, s);
 }
 
+// ---- many activation rows: decode each weight row once, then a 4 x 4 register tile ---------------------
+
+// Decoded rows: u as int16 (K per row); per chunk the lane factors [a_h0 x8, a_h1 x8] and offsets c_h.
+struct Decoded {
+  std::vector<int16_t> u;
+  std::vector<float> f, c;
+};
+
+template <DType T>
+void decode_rows(const std::byte* w, int64_t row_bytes, int64_t n, int64_t n_pad, int64_t K, Decoded& out) {
+  const __m512i lane_half = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const int64_t nc = K / 32;
+  out.u.assign(size_t(n_pad * K), 0);  // padding rows stay zero
+  out.f.assign(size_t(n_pad * nc * 16), 0.f);
+  out.c.assign(size_t(n_pad * nc * 2), 0.f);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < nc; ++j) {
+      const U32 x = load_chunk<T>(w + r * row_bytes, j);
+      const int64_t at = r * nc + j;
+      _mm512_storeu_si512(out.u.data() + at * 32, _mm512_cvtepu8_epi16(x.u));
+      const __m128 a = _mm_set_ps(0.f, 0.f, x.a1, x.a0);
+      _mm512_storeu_ps(out.f.data() + at * 16, _mm512_permutexvar_ps(lane_half, _mm512_castps128_ps512(a)));
+      out.c[size_t(2 * at)] = x.c0;
+      out.c[size_t(2 * at + 1)] = x.c1;
+    }
+}
+
+inline float dot_f32(const float* a, const float* b, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// out[m][r] = sum over chunks of f_r . (d_m (u_r . q_m)) for 4 decoded rows (from u, f) x 4 activations.
+void tile_4x4(const int16_t* u, const float* f, int64_t nc, const int16_t* const q[4], const float* const d[4],
+              float out[4][4]) {
+  __m512 acc[4][4];
+  for (auto& row : acc)
+    for (auto& a : row) a = _mm512_setzero_ps();
+  for (int64_t j = 0; j < nc; ++j) {
+    __m512i qa[4];
+    __m512 dv[4];
+    for (int m = 0; m < 4; ++m) {
+      qa[m] = _mm512_loadu_si512(q[m] + 32 * j);
+      dv[m] = _mm512_set1_ps(d[m][j]);
+    }
+    for (int r = 0; r < 4; ++r) {
+      const __m512i w = _mm512_loadu_si512(u + (r * nc + j) * 32);
+      const __m512 fr = _mm512_loadu_ps(f + (r * nc + j) * 16);
+      for (int m = 0; m < 4; ++m) {
+        const __m512 dot = _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(_mm512_setzero_si512(), w, qa[m]));
+        acc[r][m] = _mm512_fmadd_ps(_mm512_mul_ps(dot, dv[m]), fr, acc[r][m]);
+      }
+    }
+  }
+  for (int m = 0; m < 4; ++m)
+    for (int r = 0; r < 4; ++r) out[m][r] = _mm512_reduce_add_ps(acc[r][m]);
+}
+
+template <DType T>
+void gemm(const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q, const float* d,
+          const float* s, int64_t M, float* y, int64_t ldy) {
+  thread_local Decoded dec;
+  const int64_t nc = K / 32, n_pad = (n + 3) / 4 * 4;
+  decode_rows<T>(w, row_bytes, n, n_pad, K, dec);
+  for (int64_t m0 = 0; m0 < M; m0 += 4) {
+    const int16_t* qp[4];
+    const float* dp[4];
+    for (int m = 0; m < 4; ++m) {  // a short last group repeats its last row; those results are dropped
+      const int64_t mm = std::min(M - 1, m0 + m);
+      qp[m] = q + mm * K;
+      dp[m] = d + mm * nc;
+    }
+    for (int64_t r0 = 0; r0 < n_pad; r0 += 4) {
+      float out[4][4];
+      tile_4x4(dec.u.data() + r0 * K, dec.f.data() + r0 * nc * 16, nc, qp, dp, out);
+      for (int64_t m = 0; m < std::min<int64_t>(4, M - m0); ++m)
+        for (int64_t r = 0; r < std::min<int64_t>(4, n - r0); ++r)
+          y[(m0 + m) * ldy + r0 + r] = out[m][r] + dot_f32(dec.c.data() + (r0 + r) * nc * 2, s + (m0 + m) * nc * 2, nc * 2);
+    }
+  }
+}
+
 }  // namespace
 
 void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
@@ -326,6 +417,18 @@ void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int
     LB_QDOT_CASE(q2_k) LB_QDOT_CASE(q3_k) LB_QDOT_CASE(q4_k) LB_QDOT_CASE(q5_k) LB_QDOT_CASE(q6_k)
 #undef LB_QDOT_CASE
     default: throw TypeError(std::string("qdot_rows: no kernel for ") + name(type));
+  }
+}
+
+void qgemm_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
+                const float* d, const float* s, int64_t M, float* y, int64_t ldy) {
+  switch (type) {
+#define LB_QGEMM_CASE(t) \
+  case DType::t: return gemm<DType::t>(w, row_bytes, n, K, q, d, s, M, y, ldy);
+    LB_QGEMM_CASE(q4_0) LB_QGEMM_CASE(q4_1) LB_QGEMM_CASE(q5_0) LB_QGEMM_CASE(q5_1) LB_QGEMM_CASE(q8_0)
+    LB_QGEMM_CASE(q2_k) LB_QGEMM_CASE(q3_k) LB_QGEMM_CASE(q4_k) LB_QGEMM_CASE(q5_k) LB_QGEMM_CASE(q6_k)
+#undef LB_QGEMM_CASE
+    default: throw TypeError(std::string("qgemm_rows: no kernel for ") + name(type));
   }
 }
 
@@ -422,6 +525,19 @@ void qlinear_rows(const QuantizedRows& a, DType type, const std::byte* w, int64_
   if (!reference && vector_path()) fn = &kernels::avx512::qdot_rows;
 #endif
   const int64_t K = a.K;
+#ifdef LB_HAVE_avx512
+  if (!reference && vector_path() && a.M >= 4) {  // prefill: decode each weight row once for all rows of x
+    const int64_t tile = 16;
+    parallel_for((N + tile - 1) / tile, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n0 = t * tile, n = std::min(N, n0 + tile) - n0;
+        kernels::avx512::qgemm_rows(type, w + n0 * row_bytes, row_bytes, n, K, a.q.data(), a.d.data(), a.s.data(),
+                                    a.M, y + n0, N);
+      }
+    });
+    return;
+  }
+#endif
   // Tiles of weight rows small enough to stay in L1 while every activation row passes over them.
   const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(64, (16 << 10) / std::max<int64_t>(row_bytes, 1)));
   parallel_for((N + tile - 1) / tile, 1, [&](int64_t t0, int64_t t1) {

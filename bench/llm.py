@@ -1,0 +1,246 @@
+"""lmblocks against llama.cpp and transformers on the same GGUF files: prefill and decode speed, peak
+RSS, and decode's use of the DRAM bandwidth measured in the same run.
+
+    python bench/llm.py [--quick] [--threads 1 2] [--models smollm2-q4_1 gemma3-q4_k_m ...]
+                        [--rounds 5] [--torch smollm2-q4_1 gemma3-q4_k_m | --torch none]
+    lmblocks bench ...   (the same)
+
+Peers: llama.cpp through llama-cpp-python built from source with -DGGML_NATIVE=ON
+(`make llamacpp`, i.e. bench/install_llamacpp.sh), and transformers on PyTorch CPU float32 (only for
+the models `--torch` names: it dequantizes a whole GGUF to f32 at each load).
+
+Protocol (bench/peers.py): every (model, threads) pair runs `--rounds` rounds; in each round every
+engine runs once in a fresh process (so peak RSS is its own and no allocator or mapping is shared),
+the engines interleaved, and a figure is the median over rounds. One process measures, after a
+warm-up: prefill of 128 and of 512 tokens (one call from an empty cache to the last token's logits),
+decode of 64 tokens from an empty context and from a 1024-token context (one token per call, greedy,
+the context's prefill untimed). Decode bandwidth = bytes of weights read per token x tok/s, as a
+fraction of the DRAM read bandwidth `lmblocks.ceilings` measures at the same thread count.
+Writes bench/results/llm-<UTC time>.json and the table between the LLM markers of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import peers  # noqa: E402
+
+PREFILL_LENS = (128, 512)
+DECODE_LEN = 64
+CONTEXTS = (0, 1024)
+N_CTX = 2048
+MARK_BEGIN, MARK_END = "<!-- llm.py begin -->", "<!-- llm.py end -->"
+
+
+# ---- lmblocks under the peers' protocol ----------------------------------------------------------
+
+class LmblocksRunner:
+    """lmblocks: one model, one KV cache reused (cleared) between runs, greedy argmax on the logits."""
+
+    def __init__(self, path: str | pathlib.Path, n_threads: int, n_ctx: int = N_CTX) -> None:
+        import lmblocks as lb
+
+        lb.set_num_threads(n_threads)
+        self.model = lb.load(path, n_ctx=n_ctx, verbose=False)
+        self.n_vocab = self.model.args.vocab_size
+        self.cache = self.model.new_cache(1, n_ctx)
+
+    def _forward(self, tokens: list[int]) -> int:
+        return int(np.argmax(self.model.lm.forward(self.cache, np.asarray(tokens, np.int32))[0]))
+
+    def prefill(self, tokens: list[int]) -> float:
+        self.cache.clear()
+        t0 = time.perf_counter()
+        self._forward(tokens)
+        return time.perf_counter() - t0
+
+    def decode(self, n: int, ctx_tokens: int = 0) -> float:
+        self.cache.clear()
+        token = self._forward(peers.bench_tokens(ctx_tokens, self.n_vocab)) if ctx_tokens else 1
+        t0 = time.perf_counter()
+        for _ in range(n):
+            token = self._forward([token])
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        del self.cache, self.model
+
+
+RUNNERS = {"lmblocks": LmblocksRunner, **peers.RUNNERS}
+
+
+def measure(kind: str, path: str, n_threads: int) -> dict:
+    """Every figure of one engine on one file, in this process (the --worker side)."""
+    t0 = time.perf_counter()
+    runner = RUNNERS[kind](path, n_threads)
+    load_s = time.perf_counter() - t0
+    prompts = {n: peers.bench_tokens(n, runner.n_vocab) for n in PREFILL_LENS}
+    runner.prefill(prompts[PREFILL_LENS[0]])  # warm-up: first-touch of weights, thread start
+    runner.decode(4, 0)
+    out = {"kind": kind, "threads": n_threads, "load_s": load_s}
+    for n, p in prompts.items():
+        out[f"prefill{n}_tok_s"] = n / runner.prefill(p)
+    for c in CONTEXTS:
+        out[f"decode_ctx{c}_tok_s"] = DECODE_LEN / runner.decode(DECODE_LEN, c)
+    runner.close()
+    out["peak_rss_bytes"] = peak_rss()
+    return out
+
+
+def peak_rss() -> int:
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
+    from the parent through fork + exec, so every worker would report at least the driver's peak."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def run_isolated(kind: str, path: pathlib.Path, n_threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, str(path), str(n_threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} on {path.name} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---- the files -----------------------------------------------------------------------------------
+
+def model_files(out_dir: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Name -> GGUF path of every model the issue names (bench/make_models.py makes the derived ones)."""
+    import lmblocks.assets as assets
+
+    files = {"smollm2-q4_1": assets.smollm2_135m()}
+    files.update({f"smollm2-{q}": out_dir / f"smollm2-135m-{q}.gguf" for q in ("q4_0", "q4_k_m", "q8_0", "f16")})
+    files["gemma3-q4_k_m"] = assets.gemma3_270m()
+    files.update({f"tinyllama-{q}": out_dir / f"tinyllama-shape-{q}.gguf" for q in ("q4_0", "q4_k_m", "q8_0")})
+    return files
+
+
+def weight_bytes_per_token(path: pathlib.Path) -> int:
+    """Bytes of weights one decode step reads: every tensor, except an untied embedding table (of
+    which one row is read)."""
+    from lmblocks.io import read_gguf
+
+    f = read_gguf(path)
+    total = sum(t.nbytes for t in f.tensors.values())
+    if "output.weight" in f.tensors:
+        emb = f.tensors["token_embd.weight"]
+        total -= emb.nbytes - emb.nbytes // emb.shape[0]
+    return total
+
+
+# ---- the report ----------------------------------------------------------------------------------
+
+def median_record(records: list[dict]) -> dict:
+    keys = [k for k, v in records[0].items() if isinstance(v, float | int) and k != "threads"]
+    return {**records[0], **{k: statistics.median(r[k] for r in records) for k in keys}}
+
+
+def table(results: list[dict], bandwidth: dict) -> str:
+    lines = ["| model | threads | engine | prefill 128 | prefill 512 | decode | decode @1024 | decode GB/s (of DRAM) "
+             "| peak RSS MiB | lmblocks speed-up (p512, decode) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        ours = next(x for x in results if x["model"] == r["model"] and x["threads"] == r["threads"]
+                    and x["kind"] == "lmblocks")
+        gbs = r["decode_ctx0_tok_s"] * r["bytes_per_token"] / 1e9
+        frac = gbs / bandwidth[str(r["threads"])]
+        ratio = ("" if r["kind"] == "lmblocks" else
+                 f"{ours['prefill512_tok_s'] / r['prefill512_tok_s']:.2f}x, "
+                 f"{ours['decode_ctx0_tok_s'] / r['decode_ctx0_tok_s']:.2f}x")
+        lines.append(f"| {r['model']} | {r['threads']} | {r['kind']} | {r['prefill128_tok_s']:.0f} | "
+                     f"{r['prefill512_tok_s']:.0f} | {r['decode_ctx0_tok_s']:.1f} | {r['decode_ctx1024_tok_s']:.1f} | "
+                     f"{gbs:.1f} ({frac:.0%}) | {r['peak_rss_bytes'] / 2**20:.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def write_report(record: dict, md: str) -> None:
+    stamp = record["utc"].replace(":", "").replace("-", "")
+    out = HERE / "results" / f"llm-{stamp}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
+    res = HERE / "RESULTS.md"
+    text = res.read_text() if res.exists() else ""
+    block = f"{MARK_BEGIN}\n{md}\n{MARK_END}"
+    if MARK_BEGIN in text:
+        text = text[:text.index(MARK_BEGIN)] + block + text[text.index(MARK_END) + len(MARK_END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    res.write_text(text)
+    print(f"wrote {out} and {res}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--models", nargs="+", default=None, help="names (default: all); see model_files()")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--torch", nargs="+", default=["smollm2-q4_1", "gemma3-q4_k_m"],
+                    help="models also run with transformers ('none' for none)")
+    ap.add_argument("--quick", action="store_true", help="SmolLM2 Q4_1 only, 1 round, no torch: a smoke run")
+    ap.add_argument("--models-dir", type=pathlib.Path, default=pathlib.Path.home() / ".cache/lmblocks/bench-models")
+    ap.add_argument("--worker", nargs=3, metavar=("KIND", "PATH", "THREADS"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        kind, path, n = args.worker
+        print(json.dumps(measure(kind, path, int(n))))
+        return
+    if args.quick:
+        args.models, args.rounds, args.torch = ["smollm2-q4_1"], 1, ["none"]
+
+    import lmblocks as lb
+    from lmblocks import ceilings
+
+    files = model_files(args.models_dir)
+    names = args.models or list(files)
+    missing = [n for n in names if not files[n].exists()]
+    if missing:
+        subprocess.run([sys.executable, str(HERE / "make_models.py"), "--out", str(args.models_dir)], check=True)
+    print("measuring the machine's ceilings ...", flush=True)
+    ceil = ceilings.measure(threads=tuple(args.threads), quick=args.quick)
+    bandwidth = {str(n): ceil["dram_read_gbs"][n] for n in args.threads}
+    results = []
+    for name in names:
+        path = files[name]
+        kinds = ["lmblocks", "llama.cpp"] + (["torch"] if name in args.torch else [])
+        bpt = weight_bytes_per_token(path)
+        for n in args.threads:
+            rounds: dict[str, list[dict]] = {k: [] for k in kinds}
+            for _ in range(args.rounds):
+                for k in kinds:
+                    rounds[k].append(run_isolated(k, path, n))
+            for k in kinds:
+                r = median_record(rounds[k]) | {"model": name, "file": path.name, "bytes_per_token": bpt}
+                results.append(r)
+                print(f"{name} x{n} {k}: prefill512 {r['prefill512_tok_s']:.0f} tok/s, decode "
+                      f"{r['decode_ctx0_tok_s']:.1f} tok/s, RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
+    md = table(results, bandwidth)
+    print(md)
+    import llama_cpp
+
+    record = {"utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "machine": {"platform": platform.platform(), "cpu": ceil["cpu"].get("model"),
+                          "ceilings": json.loads(json.dumps(ceil))},
+              "versions": {"lmblocks": lb.__version__, "llama_cpp_python": llama_cpp.__version__,
+                           "numpy": np.__version__},
+              "rounds": args.rounds, "results": results}
+    header = (f"## LLM inference (bench/llm.py, {record['utc']})\n\n{record['machine']['cpu']}; DRAM read "
+              + ", ".join(f"{bandwidth[str(n)]:.1f} GB/s at {n} thread{'s' * (n > 1)}" for n in args.threads)
+              + f"; llama-cpp-python {llama_cpp.__version__}; median of {args.rounds} interleaved rounds.\n\n")
+    write_report(record, header + md)
+
+
+if __name__ == "__main__":
+    main()
