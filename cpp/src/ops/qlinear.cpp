@@ -204,21 +204,23 @@ void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s) {
 
 namespace {
 
-// Unsigned bytes of one 32-element chunk in element order, and its a, c (per half).
+// One 32-element chunk: its unsigned values as int16 lanes in element order, and its a, c (per half).
 struct U32 {
-  __m256i u;
+  __m512i u;
   float a0, a1, c0, c1;
 };
 
-inline __m256i nibbles256(const uint8_t* qs) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m128i m = _mm_set1_epi8(0x0F);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+inline __m512i widen(__m256i bytes) { return _mm512_cvtepu8_epi16(bytes); }
+// 16 packed bytes -> 32 int16: low nibbles (elements 0-15), then high nibbles (16-31).
+inline __m512i nibbles512(const uint8_t* qs) {
+  const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, _mm256_set1_epi16(0x0F))),
+                            _mm256_srli_epi16(v, 4), 1);
 }
-inline __m256i fifth_bits256(const uint8_t* qh) {
+inline __m512i fifth_bits512(const uint8_t* qh) {
   uint32_t h;
   std::memcpy(&h, qh, 4);
-  return _mm256_maskz_mov_epi8(__mmask32(h), _mm256_set1_epi8(0x10));
+  return _mm512_maskz_mov_epi16(__mmask32(h), _mm512_set1_epi16(0x10));
 }
 
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
@@ -228,28 +230,28 @@ template <DType T>
 constexpr bool kHalves = T == DType::q6_k || T == DType::q2_k || T == DType::q3_k;
 
 template <DType T>
-inline U32 load_chunk(const std::byte* row, int64_t j) {
+[[gnu::always_inline]] inline U32 load_chunk(const std::byte* row, int64_t j) {
   if constexpr (T == DType::q4_0) {
     const auto& b = block_at<block_q4_0>(row, j);
     const float d = h2f(b.d);
-    return {nibbles256(b.qs), d, d, -8.f * d, -8.f * d};
+    return {nibbles512(b.qs), d, d, -8.f * d, -8.f * d};
   } else if constexpr (T == DType::q4_1) {
     const auto& b = block_at<block_q4_1>(row, j);
     const float d = h2f(b.d), m = h2f(b.m);
-    return {nibbles256(b.qs), d, d, m, m};
+    return {nibbles512(b.qs), d, d, m, m};
   } else if constexpr (T == DType::q5_0) {
     const auto& b = block_at<block_q5_0>(row, j);
     const float d = h2f(b.d);
-    return {_mm256_or_si256(nibbles256(b.qs), fifth_bits256(b.qh)), d, d, -16.f * d, -16.f * d};
+    return {_mm512_or_si512(nibbles512(b.qs), fifth_bits512(b.qh)), d, d, -16.f * d, -16.f * d};
   } else if constexpr (T == DType::q5_1) {
     const auto& b = block_at<block_q5_1>(row, j);
     const float d = h2f(b.d), m = h2f(b.m);
-    return {_mm256_or_si256(nibbles256(b.qs), fifth_bits256(b.qh)), d, d, m, m};
+    return {_mm512_or_si512(nibbles512(b.qs), fifth_bits512(b.qh)), d, d, m, m};
   } else if constexpr (T == DType::q8_0) {
     const auto& b = block_at<block_q8_0>(row, j);
     const float d = h2f(b.d);
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
-    return {_mm256_xor_si256(v, _mm256_set1_epi8(char(0x80))), d, d, -128.f * d, -128.f * d};
+    return {widen(_mm256_xor_si256(v, _mm256_set1_epi8(char(0x80)))), d, d, -128.f * d, -128.f * d};
   } else if constexpr (T == DType::q4_k || T == DType::q5_k) {
     using B = std::conditional_t<T == DType::q4_k, block_q4_k, block_q5_k>;
     const auto& b = block_at<B>(row, j / 8);
@@ -264,7 +266,7 @@ inline U32 load_chunk(const std::byte* row, int64_t j) {
     uint8_t sc, m;
     scale_min_k4(c, b.scales, sc, m);
     const float a = h2f(b.d) * sc, off = -(h2f(b.dmin) * m);
-    return {u, a, a, off, off};
+    return {widen(u), a, a, off, off};
   } else if constexpr (T == DType::q6_k) {
     const auto& b = block_at<block_q6_k>(row, j / 8);
     const int c = int(j % 8), half = c / 4, k = c % 4;
@@ -274,44 +276,39 @@ inline U32 load_chunk(const std::byte* row, int64_t j) {
     const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(h, 2 * k), _mm256_set1_epi8(3));
     const float d = h2f(b.d);
     const float a0 = d * b.scales[8 * half + 2 * k], a1 = d * b.scales[8 * half + 2 * k + 1];
-    return {_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), a0, a1, -32.f * a0, -32.f * a1};
+    return {widen(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4))), a0, a1, -32.f * a0, -32.f * a1};
   } else {
     Chunk ch;
     chunk_fn(T)(row, j, ch);
-    return {_mm256_load_si256(reinterpret_cast<const __m256i*>(ch.u)), ch.a[0], ch.a[1], ch.c[0], ch.c[1]};
+    return {widen(_mm256_load_si256(reinterpret_cast<const __m256i*>(ch.u))), ch.a[0], ch.a[1], ch.c[0], ch.c[1]};
   }
 }
 
-// sum over chunks j of a_h * d_j * (u . q)_h + c_h * s_h: one vpdpwssd per chunk, whose 16 int32
-// lanes hold half 0 (lanes 0-7) and half 1 (lanes 8-15).
+// sum over chunks j of a_h * d_j * (u . q)_h + c_h * s_h: one vpdpwssd per chunk, whose 16 int32 lanes
+// hold half 0 (lanes 0-7) and half 1 (8-15). One row at a time: interleaving 2 or 4 rows to share the
+// activation's loads measured slower (2-3x on q8_0 rows streamed from DRAM).
 template <DType T>
 float dot_row(const std::byte* row, int64_t K, const int16_t* q, const float* d, const float* s) {
   const __m512i lane_half = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  float cs0 = 0.f, cs1 = 0.f;
-  const int64_t nc = K / 32;
-  const auto chunk = [&](int64_t j, __m512& acc, float& cs) {
+  __m512 acc = _mm512_setzero_ps();
+  float cs = 0.f;
+  for (int64_t j = 0; j < K / 32; ++j) {
+    const __m512i qa = _mm512_loadu_si512(q + 32 * j);
+    const float dj = d[j], s0 = s[2 * j], s1 = s[2 * j + 1];
     const U32 x = load_chunk<T>(row, j);
-    const __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_cvtepu8_epi16(x.u),
-                                            _mm512_loadu_si512(q + 32 * j));
+    const __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), x.u, qa);
     __m512 f;
     if constexpr (kHalves<T>) {
-      const __m128 ad = _mm_mul_ps(_mm_set_ps(0.f, 0.f, x.a1, x.a0), _mm_set1_ps(d[j]));
+      const __m128 ad = _mm_mul_ps(_mm_set_ps(0.f, 0.f, x.a1, x.a0), _mm_set1_ps(dj));
       f = _mm512_permutexvar_ps(lane_half, _mm512_castps128_ps512(ad));
-      cs += x.c0 * s[2 * j] + x.c1 * s[2 * j + 1];
+      cs += x.c0 * s0 + x.c1 * s1;
     } else {
-      f = _mm512_set1_ps(x.a0 * d[j]);
-      cs += x.c0 * (s[2 * j] + s[2 * j + 1]);
+      f = _mm512_set1_ps(x.a0 * dj);
+      cs += x.c0 * (s0 + s1);
     }
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), f, acc);
-  };
-  int64_t j = 0;
-  for (; j + 2 <= nc; j += 2) {  // two independent chains
-    chunk(j, acc0, cs0);
-    chunk(j + 1, acc1, cs1);
   }
-  if (j < nc) chunk(j, acc0, cs0);
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + (cs0 + cs1);
+  return _mm512_reduce_add_ps(acc) + cs;
 }
 
 template <DType T>
@@ -339,7 +336,7 @@ void decode_rows(const std::byte* w, int64_t row_bytes, int64_t n, int64_t n_pad
     for (int64_t j = 0; j < nc; ++j) {
       const U32 x = load_chunk<T>(w + r * row_bytes, j);
       const int64_t at = r * nc + j;
-      _mm512_storeu_si512(out.u.data() + at * 32, _mm512_cvtepu8_epi16(x.u));
+      _mm512_storeu_si512(out.u.data() + at * 32, x.u);
       const __m128 a = _mm_set_ps(0.f, 0.f, x.a1, x.a0);
       _mm512_storeu_ps(out.f.data() + at * 16, _mm512_permutexvar_ps(lane_half, _mm512_castps128_ps512(a)));
       out.c[size_t(2 * at)] = x.c0;
