@@ -41,6 +41,7 @@ llamacpp: install
 bench: install llamacpp
 	$(PIP) install -q ".[bench]"
 	$(PY) bench/ops.py --threads 1 2
+	$(PY) bench/llm.py --threads 1 2
 
 clean:
 	rm -rf build $(VENV)

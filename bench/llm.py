@@ -84,8 +84,27 @@ class LmblocksRunner:
 RUNNERS = {"lmblocks": LmblocksRunner, **peers.RUNNERS}
 
 
+def busy_seconds() -> tuple[float, float]:
+    """(CPU seconds all processes spent busy, CPU seconds this process used) so far."""
+    fields = [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    ours = os.times()
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK"), ours.user + ours.system
+
+
+def wait_for_quiet(max_wait_s: float = 120.0) -> None:
+    """Wait (up to max_wait_s) until other processes use less than 0.2 cores over a second."""
+    deadline = time.perf_counter() + max_wait_s
+    while time.perf_counter() < deadline:
+        (b0, o0), t0 = busy_seconds(), time.perf_counter()
+        time.sleep(1.0)
+        (b1, o1), dt = busy_seconds(), time.perf_counter() - t0
+        if (b1 - b0 - (o1 - o0)) / dt < 0.2:
+            return
+
+
 def measure(kind: str, path: str, n_threads: int) -> dict:
-    """Every figure of one engine on one file, in this process (the --worker side)."""
+    """Every figure of one engine on one file, in this process (the --worker side). `others_cores`:
+    the cores other processes kept busy meanwhile; well above 0 means the figures are tainted."""
     t0 = time.perf_counter()
     runner = RUNNERS[kind](path, n_threads)
     load_s = time.perf_counter() - t0
@@ -93,10 +112,13 @@ def measure(kind: str, path: str, n_threads: int) -> dict:
     runner.prefill(prompts[PREFILL_LENS[0]])  # warm-up: first-touch of weights, thread start
     runner.decode(4, 0)
     out = {"kind": kind, "threads": n_threads, "load_s": load_s}
+    (busy0, ours0), t0 = busy_seconds(), time.perf_counter()
     for n, p in prompts.items():
         out[f"prefill{n}_tok_s"] = n / runner.prefill(p)
     for c in CONTEXTS:
         out[f"decode_ctx{c}_tok_s"] = DECODE_LEN / runner.decode(DECODE_LEN, c)
+    (busy1, ours1), wall = busy_seconds(), time.perf_counter() - t0
+    out["others_cores"] = max(0.0, (busy1 - busy0 - (ours1 - ours0)) / wall)
     runner.close()
     out["peak_rss_bytes"] = peak_rss()
     return out
@@ -110,6 +132,7 @@ def peak_rss() -> int:
 
 
 def run_isolated(kind: str, path: pathlib.Path, n_threads: int) -> dict:
+    wait_for_quiet()
     cmd = [sys.executable, __file__, "--worker", kind, str(path), str(n_threads)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -152,8 +175,8 @@ def median_record(records: list[dict]) -> dict:
 
 def table(results: list[dict], bandwidth: dict) -> str:
     lines = ["| model | threads | engine | prefill 128 | prefill 512 | decode | decode @1024 | decode GB/s (of DRAM) "
-             "| peak RSS MiB | lmblocks speed-up (p512, decode) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| peak RSS MiB | lmblocks speed-up (p512, decode) | others' cores |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         ours = next(x for x in results if x["model"] == r["model"] and x["threads"] == r["threads"]
                     and x["kind"] == "lmblocks")
@@ -164,7 +187,7 @@ def table(results: list[dict], bandwidth: dict) -> str:
                  f"{ours['decode_ctx0_tok_s'] / r['decode_ctx0_tok_s']:.2f}x")
         lines.append(f"| {r['model']} | {r['threads']} | {r['kind']} | {r['prefill128_tok_s']:.0f} | "
                      f"{r['prefill512_tok_s']:.0f} | {r['decode_ctx0_tok_s']:.1f} | {r['decode_ctx1024_tok_s']:.1f} | "
-                     f"{gbs:.1f} ({frac:.0%}) | {r['peak_rss_bytes'] / 2**20:.0f} | {ratio} |")
+                     f"{gbs:.1f} ({frac:.0%}) | {r['peak_rss_bytes'] / 2**20:.0f} | {ratio} | {r['others_cores']:.2f} |")
     return "\n".join(lines)
 
 
@@ -227,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
                 r = median_record(rounds[k]) | {"model": name, "file": path.name, "bytes_per_token": bpt}
                 results.append(r)
                 print(f"{name} x{n} {k}: prefill512 {r['prefill512_tok_s']:.0f} tok/s, decode "
-                      f"{r['decode_ctx0_tok_s']:.1f} tok/s, RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
+                      f"{r['decode_ctx0_tok_s']:.1f} tok/s, RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB, "
+                      f"others' cores {r['others_cores']:.2f}", flush=True)
     md = table(results, bandwidth)
     print(md)
     import llama_cpp

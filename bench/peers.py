@@ -1,8 +1,7 @@
 """The peers lmblocks is benchmarked against, timed with the protocol lmblocks is timed with.
 
-    python bench/peers.py MODEL.gguf [--kind llama.cpp|torch] [--threads 1 2]
-
-Two runners share one interface, so bench/llm.py can put lmblocks beside them row by row:
+Two runners share one interface (bench/llm.py adds lmblocks' own), so the bench can put lmblocks
+beside them row by row:
 
 - `LlamaCppRunner`: llama.cpp through llama-cpp-python's low-level ctypes API (built from source
   with -DGGML_NATIVE=ON by bench/install_llamacpp.sh), mmap'd weights, CPU only, one decode call
@@ -11,22 +10,16 @@ Two runners share one interface, so bench/llm.py can put lmblocks beside them ro
 
 Protocol: `prefill(tokens)` times one forward over the prompt from an empty KV cache up to the last
 token's logits; `decode(n, ctx_tokens)` times n single-token steps (greedy argmax feeds the next
-step) after an untimed prefill of ctx_tokens tokens. `run_isolated` runs one runner in a fresh
-process and reports medians of several repetitions and that process's peak RSS, so the peers'
-allocators and mapped weights never share an address space with lmblocks or with each other.
+step) after an untimed prefill of ctx_tokens tokens (from token id 1 at position 0 when ctx_tokens
+is 0). Prompts are `bench_tokens`, fixed pseudo-random ids. bench/llm.py runs each runner in a fresh
+process, so the peers' allocators and mapped weights never share an address space with lmblocks or
+with each other.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import json
-import os
 import pathlib
-import resource
-import statistics
-import subprocess
-import sys
 import time
 from typing import Callable, Protocol
 
@@ -245,76 +238,3 @@ class TorchRunner:
 
 
 RUNNERS: dict[str, Callable[[str, int], Runner]] = {"llama.cpp": LlamaCppRunner, "torch": TorchRunner}
-
-
-# ---- timing in a fresh process -------------------------------------------------------------------
-
-def _median_of(reps: int, fn: Callable[[], float]) -> float:
-    return statistics.median(fn() for _ in range(reps))
-
-
-def measure(kind: str, path: str, n_threads: int, prompt_len: int, decode_len: int, ctx_len: int,
-            reps: int) -> dict:
-    """Load, warm up once, then median prefill and decode times; run inside the child process."""
-    t0 = time.perf_counter()
-    runner = RUNNERS[kind](path, n_threads)
-    load_s = time.perf_counter() - t0
-    prompt = bench_tokens(prompt_len, runner.n_vocab)
-    runner.prefill(prompt)
-    runner.decode(min(decode_len, 4), ctx_len)
-    prefill_s = _median_of(reps, lambda: runner.prefill(prompt))
-    decode_s = _median_of(reps, lambda: runner.decode(decode_len, ctx_len))
-    runner.close()
-    return {
-        "kind": kind, "model": pathlib.Path(path).name, "threads": n_threads, "reps": reps,
-        "load_s": load_s, "prompt_len": prompt_len, "prefill_s": prefill_s,
-        "prefill_tok_s": prompt_len / prefill_s, "decode_len": decode_len, "ctx_len": ctx_len,
-        "decode_s": decode_s, "decode_tok_s": decode_len / decode_s,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "loadavg_1m": os.getloadavg()[0],  # well above n_threads: another process shared the cores
-    }
-
-
-def run_isolated(kind: str, path: str | pathlib.Path, n_threads: int, prompt_len: int = 512,
-                 decode_len: int = 64, ctx_len: int = 0, reps: int = 5) -> dict:
-    """`measure` in a fresh Python process; its JSON record is the last line of the child's stdout."""
-    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), str(path), "--worker", "--kind", kind,
-           "--threads", str(n_threads), "--prompt-len", str(prompt_len), "--decode-len", str(decode_len),
-           "--ctx-len", str(ctx_len), "--reps", str(reps)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{kind} worker failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-# ---- command line --------------------------------------------------------------------------------
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", help="a .gguf file (torch also takes a Hugging Face directory)")
-    ap.add_argument("--kind", choices=sorted(RUNNERS), default="llama.cpp")
-    ap.add_argument("--threads", type=int, nargs="+", default=[1])
-    ap.add_argument("--prompt-len", type=int, default=512)
-    ap.add_argument("--decode-len", type=int, default=64)
-    ap.add_argument("--ctx-len", type=int, default=0)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--worker", action="store_true", help="measure here, print one JSON line (used by run_isolated)")
-    return ap.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = _parse_args(argv)
-    shape = dict(prompt_len=args.prompt_len, decode_len=args.decode_len, ctx_len=args.ctx_len, reps=args.reps)
-    if args.worker:
-        print(json.dumps(measure(args.kind, args.model, args.threads[0], **shape)))
-        return
-    print("| peer | model | threads | prefill tok/s | decode tok/s | peak RSS MiB | load s |")
-    print("|---|---|---|---|---|---|---|")
-    for n in args.threads:
-        r = run_isolated(args.kind, args.model, n, **shape)
-        print(f"| {r['kind']} | {r['model']} | {n} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} "
-              f"| {r['peak_rss_bytes'] / 2**20:.0f} | {r['load_s']:.2f} |", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -200,6 +200,20 @@ def cmd_perplexity(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """bench/llm.py of the source checkout in the current directory (or above): it is not installed."""
+    import pathlib
+    import subprocess
+
+    for d in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents):
+        script = d / "bench" / "llm.py"
+        if script.exists():
+            return subprocess.run([sys.executable, str(script), *args.rest]).returncode
+    print("lmblocks bench runs bench/llm.py of an lmblocks source checkout; run it from inside one "
+          "(llama.cpp comes from `make llamacpp` there)", file=sys.stderr)
+    return 2
+
+
 def _command(sub, name, help, description, example, fn):
     p = sub.add_parser(name, help=help, description=description, epilog=f"example:\n  {example}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,6 +266,13 @@ def main(argv=None) -> int:
     ppl.add_argument("--window", type=int, default=512, metavar="N", help="tokens per window (default: %(default)s)")
     ppl.add_argument("--max-tokens", type=int, metavar="N", help="only the first N tokens of the file (default: all)")
     _add_model_options(ppl)
+
+    bench = _command(sub, "bench", "lmblocks against llama.cpp and transformers (bench/llm.py of a checkout)",
+                     "Run bench/llm.py of the lmblocks source checkout you are in: prefill and decode speed and\n"
+                     "peak RSS of lmblocks, llama.cpp and transformers on the same GGUF files, with the DRAM\n"
+                     "bandwidth measured in the same run. Arguments after `bench` go to the script.",
+                     "lmblocks bench --quick", cmd_bench)
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for bench/llm.py (see its --help)")
 
     args = p.parse_args(argv)
     from .io import FormatError
