@@ -216,11 +216,16 @@ def main(argv: list[str] | None = None) -> None:
                     help="models also run with transformers ('none' for none)")
     ap.add_argument("--quick", action="store_true", help="SmolLM2 Q4_1 only, 1 round, no torch: a smoke run")
     ap.add_argument("--models-dir", type=pathlib.Path, default=pathlib.Path.home() / ".cache/lmblocks/bench-models")
+    ap.add_argument("--report", type=pathlib.Path, help="only rewrite bench/RESULTS.md from a saved results JSON")
     ap.add_argument("--worker", nargs=3, metavar=("KIND", "PATH", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         kind, path, n = args.worker
         print(json.dumps(measure(kind, path, int(n))))
+        return
+    if args.report:
+        record = json.loads(args.report.read_text())
+        write_report(record, render(record))
         return
     if args.quick:
         args.models, args.rounds, args.torch = ["smollm2-q4_1"], 1, ["none"]
@@ -235,7 +240,6 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run([sys.executable, str(HERE / "make_models.py"), "--out", str(args.models_dir)], check=True)
     print("measuring the machine's ceilings ...", flush=True)
     ceil = ceilings.measure(threads=tuple(args.threads), quick=args.quick)
-    bandwidth = {str(n): ceil["dram_read_gbs"][n] for n in args.threads}
     results = []
     for name in names:
         path = files[name]
@@ -252,8 +256,6 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{name} x{n} {k}: prefill512 {r['prefill512_tok_s']:.0f} tok/s, decode "
                       f"{r['decode_ctx0_tok_s']:.1f} tok/s, RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB, "
                       f"others' cores {r['others_cores']:.2f}", flush=True)
-    md = table(results, bandwidth)
-    print(md)
     import llama_cpp
 
     record = {"utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -261,11 +263,21 @@ def main(argv: list[str] | None = None) -> None:
                           "ceilings": json.loads(json.dumps(ceil))},
               "versions": {"lmblocks": lb.__version__, "llama_cpp_python": llama_cpp.__version__,
                            "numpy": np.__version__},
-              "rounds": args.rounds, "results": results}
-    header = (f"## LLM inference (bench/llm.py, {record['utc']})\n\n{record['machine']['cpu']}; DRAM read "
-              + ", ".join(f"{bandwidth[str(n)]:.1f} GB/s at {n} thread{'s' * (n > 1)}" for n in args.threads)
-              + f"; llama-cpp-python {llama_cpp.__version__}; median of {args.rounds} interleaved rounds.\n\n")
-    write_report(record, header + md)
+              "threads": args.threads, "rounds": args.rounds, "results": results}
+    md = render(record)
+    print(md)
+    write_report(record, md)
+
+
+def render(record: dict) -> str:
+    """The Markdown section of a run: header (machine, ceilings, versions) and the table."""
+    gbs = record["machine"]["ceilings"]["dram_read_gbs"]
+    threads = record.get("threads") or sorted({r["threads"] for r in record["results"]})
+    bandwidth = {str(n): gbs[str(n)] for n in threads}
+    return (f"## LLM inference (bench/llm.py, {record['utc']})\n\n{record['machine']['cpu']}; DRAM read "
+            + ", ".join(f"{bandwidth[str(n)]:.1f} GB/s at {n} thread{'s' * (n > 1)}" for n in threads)
+            + f"; llama-cpp-python {record['versions']['llama_cpp_python']}; median of {record['rounds']} "
+            f"interleaved rounds.\n\n" + table(record["results"], bandwidth))
 
 
 if __name__ == "__main__":

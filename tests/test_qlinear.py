@@ -71,3 +71,23 @@ def test_reference_path_switch(rng):
         np.testing.assert_allclose(lb.ops.linear(x, w), want, rtol=1e-5, atol=1e-6)
     finally:
         lb.set_activation_quantization(True)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (1, 67, 100), (3, 130, 576), (2, 9, 33)])
+def test_half_weights_decode_path(rng, dtype, M, N, K):
+    """f16/bf16 weights against a few rows of x: widened in registers, f32 accumulation."""
+    w32 = rng.standard_normal((N, K), dtype=np.float32)
+    if dtype == "f16":
+        w = lb.asarray(w32.astype(np.float16))
+        w64 = w32.astype(np.float16).astype(np.float64)
+    else:
+        bits = (w32.view(np.uint32) >> 16).astype(np.uint16)  # truncation: any bf16 values will do
+        w = lb.empty(N, K, dtype="bf16")
+        np.asarray(w).view(np.uint16)[...] = bits
+        w64 = (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    x = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal(N, dtype=np.float32)
+    want = x.astype(np.float64) @ w64.T + b
+    got = np.asarray(lb.ops.linear(x, w, b), np.float64)
+    assert np.all(np.abs(got - want) <= 1e-5 * (np.abs(x) @ np.abs(w64).T + np.abs(b)) + 1e-6)

@@ -21,6 +21,33 @@ void bind_quant(py::module_ m) {
       },
       py::arg("t"), "A new float32 array of t's shape (see lmblocks.quant.dequantize).");
   m.def(
+      "quantize",
+      [](py::handle x, const std::string& dtype) {
+        DType t;
+        try {
+          t = dtype_from_name(dtype);
+        } catch (const TypeError&) {  // list the quantizable names, as lb::quantize reports them
+          std::string msg;
+          try {
+            quantize(Tensor(), DType::f32);
+          } catch (const ValueError& e) {
+            msg = e.what();
+          }
+          const size_t at = msg.find("supported types");
+          throw ValueError("quantize: unknown type '" + dtype + "'; " + (at == std::string::npos ? msg : msg.substr(at)));
+        }
+        py::object arr = py::isinstance<Tensor>(x) ? py::reinterpret_borrow<py::object>(x)
+                                                   : py::module_::import("numpy").attr("asarray")(x, "float32");
+        const Tensor src = to_tensor(arr, "quantize", "x");
+        Tensor r;
+        {
+          py::gil_scoped_release nogil;
+          r = quantize(src, t);
+        }
+        return r;
+      },
+      py::arg("x"), py::arg("dtype"), "A new Tensor of block type dtype (see lmblocks.quant.quantize).");
+  m.def(
       "qlinear",
       [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const Tensor& w, bool reference) {
         if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.dim(1) || x.shape(1) % 32)

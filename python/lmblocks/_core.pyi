@@ -74,6 +74,8 @@ class ops: ...   # lmblocks.ops documents each kernel
 class quant:  # lmblocks.quant documents these
     @staticmethod
     def dequantize(t: Tensor) -> np.ndarray: ...
+    @staticmethod
+    def quantize(x: Any, dtype: str) -> Tensor: ...
 
 class bench:  # lmblocks.ceilings wraps these
     @staticmethod

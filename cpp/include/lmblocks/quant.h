@@ -14,6 +14,11 @@ namespace lb {
 // Throws lb::TypeError for types without a conversion (integers), lb::ValueError for an undefined t.
 Tensor dequantize(const Tensor& t);
 
+// x: (..., K) floating point (f32/f16/bf16/f64, any strides), K a multiple of t's block size -> a new
+// tensor (..., K) of block type t, each row quantized by ggml's reference quantizer (bit for bit).
+// Throws lb::ValueError for a type without a quantizer, a bad K, or a NaN/inf element (naming its index).
+Tensor quantize(const Tensor& x, DType t);
+
 }  // namespace lb
 
 // ---- Quantized linear (cpp/src/ops/qlinear.cpp): activations quantized to int16 once per call, then
@@ -27,12 +32,18 @@ struct QuantizedRows {
   std::vector<float> d, s;
 };
 
-// Whether weights of type t take the quantized path on this CPU (AVX-512 with VNNI).
-bool qlinear_fast(DType t);
+// Whether x (M rows) @ W^T with W of type t takes the quantized path on this CPU: always with
+// AVX-512 VNNI, for M < 4 (decode) with AVX2; otherwise ops::linear dequantizes panels for sgemm.
+bool qlinear_fast(DType t, int64_t M);
 // x: M rows of K floats, `ld` apart; K % 32 == 0. `reference` forces the scalar kernels.
 QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bool reference = false);
 // y (M, N) row-major = a @ W^T for W (N, K) of ggml block type `type`, rows `row_bytes` apart.
 void qlinear_rows(const QuantizedRows& a, DType type, const std::byte* w, int64_t row_bytes, int64_t N, float* y,
                   bool reference = false);
+
+// y (M, N) = x @ W^T for W (N, K) of f16 or bf16 with rows `row_bytes` apart, x rows `ldx` apart:
+// each weight row widened in registers (the decode path for f16/bf16 checkpoints).
+void half_linear_rows(const float* x, int64_t M, int64_t K, int64_t ldx, DType t, const std::byte* w,
+                      int64_t row_bytes, int64_t N, float* y);
 
 }  // namespace lb::ops

@@ -207,8 +207,17 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Ten
   const Tensor x = blas_operand(xv, true, M, K, mx, op, "x");
   const float beta = bias_in.defined() ? 1.f : 0.f;
 
-  // ggml blocks with a vector kernel: int8 activations against the blocks as stored (bias already in y).
-  if (activation_quantization() && qlinear_fast(w_in.dtype()) && K % 32 == 0) {
+  // f16/bf16 rows against a few rows of x (decode): widened in registers, onto the bias already in y.
+  if ((w_in.dtype() == DType::f16 || w_in.dtype() == DType::bf16) && M < 4 && w_in.strides()[1] == 2) {
+    const Tensor xr = mx.trans ? detail::f32_contiguous(xv, op, "x") : x;
+    std::vector<float> t(size_t(M * N));
+    half_linear_rows(xr.data<float>(), M, K, mx.trans ? K : mx.ld, w_in.dtype(),
+                     static_cast<const std::byte*>(w_in.raw()), w_in.strides()[0], N, t.data());
+    for (int64_t i = 0; i < M * N; ++i) yp[i] = (bias_in.defined() ? yp[i] : 0.f) + t[size_t(i)];
+    return out;
+  }
+  // ggml blocks with a vector kernel: int16 activations against the blocks as stored (bias already in y).
+  if (activation_quantization() && qlinear_fast(w_in.dtype(), M) && K % 32 == 0) {
     const Tensor xr = mx.trans ? detail::f32_contiguous(xv, op, "x") : x;  // rows of K contiguous floats
     const QuantizedRows a = quantize_rows(xr.data<float>(), M, K, mx.trans ? K : mx.ld);
     if (bias_in.defined()) {

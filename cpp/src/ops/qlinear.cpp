@@ -34,8 +34,8 @@ struct Chunk {
 
 }  // namespace lb::kernels
 
-// Vector variants exist for the avx512 level only so far (VNNI); elsewhere linear() keeps the
-// dequantize-and-sgemm path, and the references here are the spec the tests hold the vectors to.
+// Vector variants: avx512 (VNNI: matrix-vector and the prefill tile) and avx2 (matrix-vector; prefill
+// keeps the dequantize-and-sgemm path there). The references here are the spec the tests hold them to.
 namespace lb::kernels {
 // x (K,), K % 32 == 0 -> q (K,), d (K / 32,), s (K / 16,).
 void quantize_act_ref(const float* x, int64_t K, int16_t* q, float* d, float* s);
@@ -51,6 +51,11 @@ void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int
 void qgemm_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
                 const float* d, const float* s, int64_t M, float* y, int64_t ldy);
 }  // namespace avx512
+namespace avx2 {  // matrix-vector only: prefill on AVX2 dequantizes panels for OpenBLAS's sgemm
+void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s);
+void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
+               const float* d, const float* s, float* y);
+}  // namespace avx2
 
 // ---- chunk decoders: the spec of every weight format, shared by the reference and SIMD paths -------
 
@@ -165,6 +170,9 @@ void chunk_q3_k(const std::byte* row, int64_t j, Chunk& ch) {
 }
 
 using ChunkFn = void (*)(const std::byte*, int64_t, Chunk&);
+
+// Every weight type with a chunk decoder, for the per-ISA switches.
+#define LB_QLINEAR_TYPES(X) X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q8_0) X(q2_k) X(q3_k) X(q4_k) X(q5_k) X(q6_k)
 
 ChunkFn chunk_fn(DType t) {
   switch (t) {
@@ -410,8 +418,7 @@ void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int
   switch (type) {
 #define LB_QDOT_CASE(t) \
   case DType::t: return rows<DType::t>(w, row_bytes, n, K, q, d, s, y);
-    LB_QDOT_CASE(q4_0) LB_QDOT_CASE(q4_1) LB_QDOT_CASE(q5_0) LB_QDOT_CASE(q5_1) LB_QDOT_CASE(q8_0)
-    LB_QDOT_CASE(q2_k) LB_QDOT_CASE(q3_k) LB_QDOT_CASE(q4_k) LB_QDOT_CASE(q5_k) LB_QDOT_CASE(q6_k)
+    LB_QLINEAR_TYPES(LB_QDOT_CASE)
 #undef LB_QDOT_CASE
     default: throw TypeError(std::string("qdot_rows: no kernel for ") + name(type));
   }
@@ -422,10 +429,169 @@ void qgemm_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, in
   switch (type) {
 #define LB_QGEMM_CASE(t) \
   case DType::t: return gemm<DType::t>(w, row_bytes, n, K, q, d, s, M, y, ldy);
-    LB_QGEMM_CASE(q4_0) LB_QGEMM_CASE(q4_1) LB_QGEMM_CASE(q5_0) LB_QGEMM_CASE(q5_1) LB_QGEMM_CASE(q8_0)
-    LB_QGEMM_CASE(q2_k) LB_QGEMM_CASE(q3_k) LB_QGEMM_CASE(q4_k) LB_QGEMM_CASE(q5_k) LB_QGEMM_CASE(q6_k)
+    LB_QLINEAR_TYPES(LB_QGEMM_CASE)
 #undef LB_QGEMM_CASE
     default: throw TypeError(std::string("qgemm_rows: no kernel for ") + name(type));
+  }
+}
+
+}  // namespace LB_ISA
+#elif LB_SIMD && defined(__AVX2__)
+namespace LB_ISA {
+
+namespace {
+
+inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// One 32-element chunk as unsigned bytes in element order, and its a, c (per half).
+struct B32 {
+  __m256i u;
+  float a0, a1, c0, c1;
+};
+
+inline __m256i nibbles256(const uint8_t* qs) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i m = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+// Byte l = 0x10 where bit l of the little-endian u32 at qh is set, else 0.
+inline __m256i fifth_bits256(const uint8_t* qh) {
+  uint32_t h;
+  std::memcpy(&h, qh, 4);
+  const __m256i spread = _mm256_shuffle_epi8(  // bytes 8i..8i+7 <- byte i of h
+      _mm256_set1_epi32(int(h)), _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+  const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
+}
+
+template <DType T>
+[[gnu::always_inline]] inline B32 load_bytes(const std::byte* row, int64_t j) {
+  const auto h2f = [](uint16_t h) { return _cvtsh_ss(h); };
+  if constexpr (T == DType::q4_0 || T == DType::q5_0) {
+    using B = std::conditional_t<T == DType::q4_0, block_q4_0, block_q5_0>;
+    const auto& b = block_at<B>(row, j);
+    const float d = h2f(b.d), c = (T == DType::q4_0 ? -8.f : -16.f) * d;
+    __m256i u = nibbles256(b.qs);
+    if constexpr (T == DType::q5_0) u = _mm256_or_si256(u, fifth_bits256(b.qh));
+    return {u, d, d, c, c};
+  } else if constexpr (T == DType::q4_1 || T == DType::q5_1) {
+    using B = std::conditional_t<T == DType::q4_1, block_q4_1, block_q5_1>;
+    const auto& b = block_at<B>(row, j);
+    const float d = h2f(b.d), m = h2f(b.m);
+    __m256i u = nibbles256(b.qs);
+    if constexpr (T == DType::q5_1) u = _mm256_or_si256(u, fifth_bits256(b.qh));
+    return {u, d, d, m, m};
+  } else if constexpr (T == DType::q8_0) {
+    const auto& b = block_at<block_q8_0>(row, j);
+    const float d = h2f(b.d);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
+    return {_mm256_xor_si256(v, _mm256_set1_epi8(char(0x80))), d, d, -128.f * d, -128.f * d};
+  } else if constexpr (T == DType::q4_k || T == DType::q5_k) {
+    using B = std::conditional_t<T == DType::q4_k, block_q4_k, block_q5_k>;
+    const auto& b = block_at<B>(row, j / 8);
+    const int c = int(j % 8);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * (c / 2)));
+    __m256i u = _mm256_and_si256(c & 1 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
+    if constexpr (T == DType::q5_k) {  // bit c of qh[l]: shifted to bit 0 of its byte, then to bit 4
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh));
+      u = _mm256_or_si256(u, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, c), _mm256_set1_epi8(1)), 4));
+    }
+    uint8_t sc, m;
+    scale_min_k4(c, b.scales, sc, m);
+    const float a = h2f(b.d) * sc, off = -(h2f(b.dmin) * m);
+    return {u, a, a, off, off};
+  } else if constexpr (T == DType::q6_k) {
+    const auto& b = block_at<block_q6_k>(row, j / 8);
+    const int c = int(j % 8), half = c / 4, k = c % 4;
+    const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half + 32 * (k & 1)));
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
+    const __m256i lo = _mm256_and_si256(k >> 1 ? _mm256_srli_epi16(l, 4) : l, _mm256_set1_epi8(0x0F));
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(h, 2 * k), _mm256_set1_epi8(3));
+    const float d = h2f(b.d);
+    const float a0 = d * b.scales[8 * half + 2 * k], a1 = d * b.scales[8 * half + 2 * k + 1];
+    return {_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), a0, a1, -32.f * a0, -32.f * a1};
+  } else {
+    Chunk ch;
+    chunk_fn(T)(row, j, ch);
+    return {_mm256_load_si256(reinterpret_cast<const __m256i*>(ch.u)), ch.a[0], ch.a[1], ch.c[0], ch.c[1]};
+  }
+}
+
+template <DType T>
+constexpr bool kHalves = T == DType::q6_k || T == DType::q2_k || T == DType::q3_k;
+
+// As the avx512 dot_row, with vpmaddwd on the two halves (8 int32 lanes each).
+template <DType T>
+float dot_row(const std::byte* row, int64_t K, const int16_t* q, const float* d, const float* s) {
+  __m256 acc = _mm256_setzero_ps();
+  float cs = 0.f;
+  for (int64_t j = 0; j < K / 32; ++j) {
+    const __m256i q0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * j));
+    const __m256i q1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * j + 16));
+    const float dj = d[j], s0 = s[2 * j], s1 = s[2 * j + 1];
+    const B32 x = load_bytes<T>(row, j);
+    const __m256i d0 = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(x.u)), q0);
+    const __m256i d1 = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(x.u, 1)), q1);
+    if constexpr (kHalves<T>) {
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_set1_ps(x.a0 * dj), acc);
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_set1_ps(x.a1 * dj), acc);
+      cs += x.c0 * s0 + x.c1 * s1;
+    } else {
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(d0, d1)), _mm256_set1_ps(x.a0 * dj), acc);
+      cs += x.c0 * (s0 + s1);
+    }
+  }
+  __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+  return _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r))) + cs;
+}
+
+template <DType T>
+void rows(const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q, const float* d,
+          const float* s, float* y) {
+  for (int64_t r = 0; r < n; ++r) y[r] = dot_row<T>(w + r * row_bytes, K, q, d, s);
+}
+
+}  // namespace
+
+void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s) {
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  for (int64_t j = 0; j < K / 32; ++j) {
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(x + 32 * j + 8 * i);
+      m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    const float dj = amax / 32767.f, id = amax > 0.f ? 32767.f / amax : 0.f;
+    __m256i iv[4];
+    for (int i = 0; i < 4; ++i) iv[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
+    // packs works per 128-bit lane ([a0-3 b0-3 | a4-7 b4-7]): put the 64-bit quarters back in order
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * j),
+                        _mm256_permute4x64_epi64(_mm256_packs_epi32(iv[0], iv[1]), 0xD8));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * j + 16),
+                        _mm256_permute4x64_epi64(_mm256_packs_epi32(iv[2], iv[3]), 0xD8));
+    d[j] = dj;
+    s[2 * j] = dj * float(hsum_epi32(_mm256_add_epi32(iv[0], iv[1])));
+    s[2 * j + 1] = dj * float(hsum_epi32(_mm256_add_epi32(iv[2], iv[3])));
+  }
+}
+
+void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
+               const float* d, const float* s, float* y) {
+  switch (type) {
+#define LB_QDOT_CASE(t) \
+  case DType::t: return rows<DType::t>(w, row_bytes, n, K, q, d, s, y);
+    LB_QLINEAR_TYPES(LB_QDOT_CASE)
+#undef LB_QDOT_CASE
+    default: throw TypeError(std::string("qdot_rows: no kernel for ") + name(type));
   }
 }
 
@@ -479,22 +645,44 @@ void qdot_rows_ref(DType type, const std::byte* w, int64_t row_bytes, int64_t n,
 
 namespace lb::ops {
 static RegisterKernelFamily lb_family_qlinear(
-    "qlinear", isa_compiled(Isa::avx512) ? std::vector<Isa>{Isa::avx512} : std::vector<Isa>{},
-    "int16 activations x ggml blocks (AVX-512 VNNI); other ISAs dequantize + sgemm");
+    "qlinear", kernels::simd_variants(),
+    "int16 activations x ggml blocks; avx512 (VNNI) also prefill, avx2 prefill dequantizes for sgemm");
 
 namespace {
 
-bool vector_path() {
+// The vector kernels for the active ISA (avx512 > avx2), or none.
+Isa qlinear_isa() {
 #ifdef LB_HAVE_avx512
-  return active_isa() == Isa::avx512;
-#else
-  return false;
+  if (active_isa() == Isa::avx512) return Isa::avx512;
 #endif
+#ifdef LB_HAVE_avx2
+  if (active_isa() == Isa::avx2 || active_isa() == Isa::avx512) return Isa::avx2;
+#endif
+  return Isa::scalar;
+}
+
+using QuantizeFn = void (*)(const float*, int64_t, int16_t*, float*, float*);
+using QdotFn = void (*)(DType, const std::byte*, int64_t, int64_t, int64_t, const int16_t*, const float*,
+                        const float*, float*);
+
+std::pair<QuantizeFn, QdotFn> kernels_for(bool reference) {
+  switch (reference ? Isa::scalar : qlinear_isa()) {
+#ifdef LB_HAVE_avx512
+    case Isa::avx512: return {&kernels::avx512::quantize_act, &kernels::avx512::qdot_rows};
+#endif
+#ifdef LB_HAVE_avx2
+    case Isa::avx2: return {&kernels::avx2::quantize_act, &kernels::avx2::qdot_rows};
+#endif
+    default: return {&kernels::quantize_act_ref, &kernels::qdot_rows_ref};
+  }
 }
 
 }  // namespace
 
-bool qlinear_fast(DType t) { return vector_path() && kernels::chunk_fn(t) != nullptr; }
+bool qlinear_fast(DType t, int64_t M) {
+  const Isa isa = qlinear_isa();
+  return kernels::chunk_fn(t) != nullptr && (isa == Isa::avx512 || (isa == Isa::avx2 && M < 4));
+}
 
 QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bool reference) {
   QuantizedRows a;
@@ -503,10 +691,7 @@ QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bo
   a.q.resize(size_t(M * K));
   a.d.resize(size_t(M * K / 32));
   a.s.resize(size_t(M * K / 16));
-  auto fn = &kernels::quantize_act_ref;
-#ifdef LB_HAVE_avx512
-  if (!reference && vector_path()) fn = &kernels::avx512::quantize_act;
-#endif
+  const QuantizeFn fn = kernels_for(reference).first;
   detail::for_rows(M, K, [&](int64_t r0, int64_t r1) {
     for (int64_t m = r0; m < r1; ++m)
       fn(x + m * ld, K, a.q.data() + m * K, a.d.data() + m * K / 32, a.s.data() + m * K / 16);
@@ -517,13 +702,10 @@ QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bo
 void qlinear_rows(const QuantizedRows& a, DType type, const std::byte* w, int64_t row_bytes, int64_t N, float* y,
                   bool reference) {
   if (!kernels::chunk_fn(type)) throw TypeError(std::string("qlinear: no kernel for ") + name(type));
-  auto fn = &kernels::qdot_rows_ref;
-#ifdef LB_HAVE_avx512
-  if (!reference && vector_path()) fn = &kernels::avx512::qdot_rows;
-#endif
+  const QdotFn fn = kernels_for(reference).second;
   const int64_t K = a.K;
 #ifdef LB_HAVE_avx512
-  if (!reference && vector_path() && a.M >= 4) {  // prefill: decode each weight row once for all rows of x
+  if (!reference && qlinear_isa() == Isa::avx512 && a.M >= 4) {  // prefill: decode each weight row once
     const int64_t tile = 16;
     parallel_for((N + tile - 1) / tile, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {

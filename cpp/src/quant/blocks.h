@@ -117,4 +117,18 @@ void dequantize_q4_k_ref(const void* blocks, float* y, int64_t n);
 void dequantize_q5_k_ref(const void* blocks, float* y, int64_t n);
 void dequantize_q6_k_ref(const void* blocks, float* y, int64_t n);
 
+// Scalar reference quantizers (quantize.cpp): n floats (a multiple of the block size) to contiguous
+// blocks, ggml's quantize_row_*_ref arithmetic in ggml's order, so the bytes match ggml's bit for bit.
+void quantize_q4_0_ref(const float* x, void* blocks, int64_t n);
+void quantize_q4_1_ref(const float* x, void* blocks, int64_t n);
+void quantize_q5_0_ref(const float* x, void* blocks, int64_t n);
+void quantize_q5_1_ref(const float* x, void* blocks, int64_t n);
+void quantize_q8_0_ref(const float* x, void* blocks, int64_t n);
+void quantize_q8_1_ref(const float* x, void* blocks, int64_t n);
+void quantize_q2_k_ref(const float* x, void* blocks, int64_t n);
+void quantize_q3_k_ref(const float* x, void* blocks, int64_t n);
+void quantize_q4_k_ref(const float* x, void* blocks, int64_t n);
+void quantize_q5_k_ref(const float* x, void* blocks, int64_t n);
+void quantize_q6_k_ref(const float* x, void* blocks, int64_t n);
+
 }  // namespace lb
