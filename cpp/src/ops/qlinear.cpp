@@ -237,6 +237,39 @@ inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 template <DType T>
 constexpr bool kHalves = T == DType::q6_k || T == DType::q2_k || T == DType::q3_k;
 
+// q4_k/q5_k: the bytes of chunk c of super-block b, and the super-block's eight (a, c) pairs.
+template <DType T>
+using KBlock = std::conditional_t<T == DType::q4_k, block_q4_k, block_q5_k>;
+
+template <DType T>
+[[gnu::always_inline]] inline __m256i k_bytes(const KBlock<T>& b, int c) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * (c / 2)));
+  __m256i u = _mm256_and_si256(c & 1 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
+  if constexpr (T == DType::q5_k) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh));
+    const __mmask32 bit = _mm256_test_epi8_mask(h, _mm256_set1_epi8(char(1 << c)));
+    u = _mm256_or_si256(u, _mm256_maskz_mov_epi8(bit, _mm256_set1_epi8(0x10)));
+  }
+  return u;
+}
+
+struct KScales {
+  float a[8], c[8];
+};
+
+template <class B>
+inline KScales k_scales(const B& b) {
+  KScales k;
+  const float dd = h2f(b.d), dm = h2f(b.dmin);
+  for (int c = 0; c < 8; ++c) {
+    uint8_t sc, m;
+    scale_min_k4(c, b.scales, sc, m);
+    k.a[c] = dd * float(sc);
+    k.c[c] = -(dm * float(m));
+  }
+  return k;
+}
+
 template <DType T>
 [[gnu::always_inline]] inline U32 load_chunk(const std::byte* row, int64_t j) {
   if constexpr (T == DType::q4_0) {
@@ -261,20 +294,12 @@ template <DType T>
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
     return {widen(_mm256_xor_si256(v, _mm256_set1_epi8(char(0x80)))), d, d, -128.f * d, -128.f * d};
   } else if constexpr (T == DType::q4_k || T == DType::q5_k) {
-    using B = std::conditional_t<T == DType::q4_k, block_q4_k, block_q5_k>;
-    const auto& b = block_at<B>(row, j / 8);
+    const auto& b = block_at<KBlock<T>>(row, j / 8);
     const int c = int(j % 8);
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * (c / 2)));
-    __m256i u = _mm256_and_si256(c & 1 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
-    if constexpr (T == DType::q5_k) {
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh));
-      const __mmask32 bit = _mm256_test_epi8_mask(h, _mm256_set1_epi8(char(1 << c)));
-      u = _mm256_or_si256(u, _mm256_maskz_mov_epi8(bit, _mm256_set1_epi8(0x10)));
-    }
     uint8_t sc, m;
     scale_min_k4(c, b.scales, sc, m);
     const float a = h2f(b.d) * sc, off = -(h2f(b.dmin) * m);
-    return {widen(u), a, a, off, off};
+    return {widen(k_bytes<T>(b, c)), a, a, off, off};
   } else if constexpr (T == DType::q6_k) {
     const auto& b = block_at<block_q6_k>(row, j / 8);
     const int c = int(j % 8), half = c / 4, k = c % 4;
@@ -300,6 +325,20 @@ float dot_row(const std::byte* row, int64_t K, const int16_t* q, const float* d,
   const __m512i lane_half = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   __m512 acc = _mm512_setzero_ps();
   float cs = 0.f;
+  if constexpr (T == DType::q4_k || T == DType::q5_k) {  // the scales once per super-block, not per chunk
+    for (int64_t sb = 0; sb < K / 256; ++sb) {
+      const auto& b = block_at<KBlock<T>>(row, sb);
+      const KScales k = k_scales(b);
+      for (int c = 0; c < 8; ++c) {
+        const int64_t j = 8 * sb + c;
+        const __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), widen(k_bytes<T>(b, c)),
+                                                _mm512_loadu_si512(q + 32 * j));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(k.a[c] * d[j]), acc);
+        cs += k.c[c] * (s[2 * j] + s[2 * j + 1]);
+      }
+    }
+    return _mm512_reduce_add_ps(acc) + cs;
+  }
   for (int64_t j = 0; j < K / 32; ++j) {
     const __m512i qa = _mm512_loadu_si512(q + 32 * j);
     const float dj = d[j], s0 = s[2 * j], s1 = s[2 * j + 1];
