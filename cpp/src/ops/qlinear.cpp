@@ -212,7 +212,8 @@ void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s) {
 
 namespace {
 
-// One 32-element chunk: its unsigned values as int16 lanes in element order, and its a, c (per half).
+// One 32-element chunk: its integer values as int16 lanes in element order (unsigned u of the chunk
+// decoders, except q8_0, whose signed quants are used as they are, with c = 0), and its a, c (per half).
 struct U32 {
   __m512i u;
   float a0, a1, c0, c1;
@@ -291,8 +292,9 @@ template <DType T>
   } else if constexpr (T == DType::q8_0) {
     const auto& b = block_at<block_q8_0>(row, j);
     const float d = h2f(b.d);
+    // signed int16 lanes straight from the int8 quants: no +128 offset, so no offset term (c = 0)
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
-    return {widen(_mm256_xor_si256(v, _mm256_set1_epi8(char(0x80)))), d, d, -128.f * d, -128.f * d};
+    return {_mm512_cvtepi8_epi16(v), d, d, 0.f, 0.f};
   } else if constexpr (T == DType::q4_k || T == DType::q5_k) {
     const auto& b = block_at<KBlock<T>>(row, j / 8);
     const int c = int(j % 8);
@@ -351,7 +353,7 @@ float dot_row(const std::byte* row, int64_t K, const int16_t* q, const float* d,
       cs += x.c0 * s0 + x.c1 * s1;
     } else {
       f = _mm512_set1_ps(x.a0 * dj);
-      cs += x.c0 * (s0 + s1);
+      if constexpr (T != DType::q8_0) cs += x.c0 * (s0 + s1);
     }
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), f, acc);
   }
