@@ -207,28 +207,25 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Ten
   const Tensor x = blas_operand(xv, true, M, K, mx, op, "x");
   const float beta = bias_in.defined() ? 1.f : 0.f;
 
-  // f16/bf16 rows against a few rows of x (decode): widened in registers, onto the bias already in y.
-  if ((w_in.dtype() == DType::f16 || w_in.dtype() == DType::bf16) && M < 4 && w_in.strides()[1] == 2) {
-    const Tensor xr = mx.trans ? detail::f32_contiguous(xv, op, "x") : x;
-    std::vector<float> t(size_t(M * N));
-    half_linear_rows(xr.data<float>(), M, K, mx.trans ? K : mx.ld, w_in.dtype(),
-                     static_cast<const std::byte*>(w_in.raw()), w_in.strides()[0], N, t.data());
-    for (int64_t i = 0; i < M * N; ++i) yp[i] = (bias_in.defined() ? yp[i] : 0.f) + t[size_t(i)];
-    return out;
-  }
-  // ggml blocks with a vector kernel: int16 activations against the blocks as stored (bias already in y).
-  if (activation_quantization() && qlinear_fast(w_in.dtype(), M) && K % 32 == 0) {
+  // Weights read as stored: f16/bf16 rows widened in registers against a few rows of x (decode), ggml
+  // blocks against int16-quantized activations. The product lands in y, or beside it and then onto the
+  // bias rows already there.
+  const bool half = (w_in.dtype() == DType::f16 || w_in.dtype() == DType::bf16) && M < 4 && w_in.strides()[1] == 2;
+  const bool blocks = activation_quantization() && qlinear_fast(w_in.dtype(), M) && K % 32 == 0;
+  if (half || blocks) {
     const Tensor xr = mx.trans ? detail::f32_contiguous(xv, op, "x") : x;  // rows of K contiguous floats
-    const QuantizedRows a = quantize_rows(xr.data<float>(), M, K, mx.trans ? K : mx.ld);
-    if (bias_in.defined()) {
-      std::vector<float> t(size_t(M * N));
-      qlinear_rows(a, w_in.dtype(), static_cast<const std::byte*>(w_in.raw()), w_in.strides()[0], N, t.data());
+    const int64_t ldx = mx.trans ? K : mx.ld;
+    std::vector<float> product(bias_in.defined() ? size_t(M * N) : 0);
+    float* dst = bias_in.defined() ? product.data() : yp;
+    const auto* wb = static_cast<const std::byte*>(w_in.raw());
+    if (half)
+      half_linear_rows(xr.data<float>(), M, K, ldx, w_in.dtype(), wb, w_in.strides()[0], N, dst);
+    else
+      qlinear_rows(quantize_rows(xr.data<float>(), M, K, ldx), w_in.dtype(), wb, w_in.strides()[0], N, dst);
+    if (bias_in.defined())
       detail::for_rows(M, N, [&](int64_t r0, int64_t r1) {
-        for (int64_t i = r0 * N; i < r1 * N; ++i) yp[i] += t[size_t(i)];
+        for (int64_t i = r0 * N; i < r1 * N; ++i) yp[i] += product[size_t(i)];
       });
-    } else {
-      qlinear_rows(a, w_in.dtype(), static_cast<const std::byte*>(w_in.raw()), w_in.strides()[0], N, yp);
-    }
     return out;
   }
   // Weights that are not f32 (f16, bf16, ggml blocks) with whole rows in memory: convert them panel by

@@ -171,6 +171,10 @@ void chunk_q3_k(const std::byte* row, int64_t j, Chunk& ch) {
 
 using ChunkFn = void (*)(const std::byte*, int64_t, Chunk&);
 
+// Types whose two halves of a chunk have their own scale (16-element sub-blocks).
+template <DType T>
+constexpr bool kHalves = T == DType::q6_k || T == DType::q2_k || T == DType::q3_k;
+
 // Every weight type with a chunk decoder, for the per-ISA switches.
 #define LB_QLINEAR_TYPES(X) X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q8_0) X(q2_k) X(q3_k) X(q4_k) X(q5_k) X(q6_k)
 
@@ -191,6 +195,115 @@ ChunkFn chunk_fn(DType t) {
 }
 
 }  // namespace
+
+// ---- byte-level chunk decoders, shared by the avx512 and avx2 builds (-mavx512f implies AVX2) --------
+#if LB_SIMD && defined(__AVX2__)
+namespace LB_ISA {
+namespace {
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+// q4_k/q5_k: the bytes of chunk c of super-block b, and the super-block's eight (a, c) pairs.
+template <DType T>
+using KBlock = std::conditional_t<T == DType::q4_k, block_q4_k, block_q5_k>;
+
+template <DType T>
+[[gnu::always_inline]] inline __m256i k_bytes(const KBlock<T>& b, int c) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * (c / 2)));
+  __m256i u = _mm256_and_si256(c & 1 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
+  if constexpr (T == DType::q5_k) {  // bit c of qh[l]: shifted to bit 0 of its byte, then to bit 4
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh));
+    u = _mm256_or_si256(u, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, c), _mm256_set1_epi8(1)), 4));
+  }
+  return u;
+}
+
+struct KScales {
+  float a[8], c[8];
+};
+
+template <class B>
+inline KScales k_scales(const B& b) {
+  KScales k;
+  const float dd = h2f(b.d), dm = h2f(b.dmin);
+  for (int c = 0; c < 8; ++c) {
+    uint8_t sc, m;
+    scale_min_k4(c, b.scales, sc, m);
+    k.a[c] = dd * float(sc);
+    k.c[c] = -(dm * float(m));
+  }
+  return k;
+}
+
+// One 32-element chunk as unsigned bytes in element order, and its a, c (per half).
+struct B32 {
+  __m256i u;
+  float a0, a1, c0, c1;
+};
+
+inline __m256i nibbles256(const uint8_t* qs) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m128i m = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+// Byte l = 0x10 where bit l of the little-endian u32 at qh is set, else 0.
+inline __m256i fifth_bits256(const uint8_t* qh) {
+  uint32_t h;
+  std::memcpy(&h, qh, 4);
+  const __m256i spread = _mm256_shuffle_epi8(  // bytes 8i..8i+7 <- byte i of h
+      _mm256_set1_epi32(int(h)), _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+  const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
+}
+
+template <DType T>
+[[gnu::always_inline]] inline B32 load_bytes(const std::byte* row, int64_t j) {
+  if constexpr (T == DType::q4_0 || T == DType::q5_0) {
+    using B = std::conditional_t<T == DType::q4_0, block_q4_0, block_q5_0>;
+    const auto& b = block_at<B>(row, j);
+    const float d = h2f(b.d), c = (T == DType::q4_0 ? -8.f : -16.f) * d;
+    __m256i u = nibbles256(b.qs);
+    if constexpr (T == DType::q5_0) u = _mm256_or_si256(u, fifth_bits256(b.qh));
+    return {u, d, d, c, c};
+  } else if constexpr (T == DType::q4_1 || T == DType::q5_1) {
+    using B = std::conditional_t<T == DType::q4_1, block_q4_1, block_q5_1>;
+    const auto& b = block_at<B>(row, j);
+    const float d = h2f(b.d), m = h2f(b.m);
+    __m256i u = nibbles256(b.qs);
+    if constexpr (T == DType::q5_1) u = _mm256_or_si256(u, fifth_bits256(b.qh));
+    return {u, d, d, m, m};
+  } else if constexpr (T == DType::q8_0) {
+    const auto& b = block_at<block_q8_0>(row, j);
+    const float d = h2f(b.d);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
+    return {_mm256_xor_si256(v, _mm256_set1_epi8(char(0x80))), d, d, -128.f * d, -128.f * d};
+  } else if constexpr (T == DType::q4_k || T == DType::q5_k) {
+    const auto& b = block_at<KBlock<T>>(row, j / 8);
+    const int c = int(j % 8);
+    uint8_t sc, m;
+    scale_min_k4(c, b.scales, sc, m);
+    const float a = h2f(b.d) * sc, off = -(h2f(b.dmin) * m);
+    return {k_bytes<T>(b, c), a, a, off, off};
+  } else if constexpr (T == DType::q6_k) {
+    const auto& b = block_at<block_q6_k>(row, j / 8);
+    const int c = int(j % 8), half = c / 4, k = c % 4;
+    const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half + 32 * (k & 1)));
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
+    const __m256i lo = _mm256_and_si256(k >> 1 ? _mm256_srli_epi16(l, 4) : l, _mm256_set1_epi8(0x0F));
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(h, 2 * k), _mm256_set1_epi8(3));
+    const float d = h2f(b.d);
+    const float a0 = d * b.scales[8 * half + 2 * k], a1 = d * b.scales[8 * half + 2 * k + 1];
+    return {_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), a0, a1, -32.f * a0, -32.f * a1};
+  } else {
+    Chunk ch;
+    chunk_fn(T)(row, j, ch);
+    return {_mm256_load_si256(reinterpret_cast<const __m256i*>(ch.u)), ch.a[0], ch.a[1], ch.c[0], ch.c[1]};
+  }
+}
+
+}  // namespace
+}  // namespace LB_ISA
+#endif
 
 #if LB_SIMD && defined(__AVX512F__)
 namespace LB_ISA {
@@ -232,45 +345,6 @@ inline __m512i fifth_bits512(const uint8_t* qh) {
   return _mm512_maskz_mov_epi16(__mmask32(h), _mm512_set1_epi16(0x10));
 }
 
-inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
-
-// Types whose two halves of a chunk have their own scale (16-element sub-blocks).
-template <DType T>
-constexpr bool kHalves = T == DType::q6_k || T == DType::q2_k || T == DType::q3_k;
-
-// q4_k/q5_k: the bytes of chunk c of super-block b, and the super-block's eight (a, c) pairs.
-template <DType T>
-using KBlock = std::conditional_t<T == DType::q4_k, block_q4_k, block_q5_k>;
-
-template <DType T>
-[[gnu::always_inline]] inline __m256i k_bytes(const KBlock<T>& b, int c) {
-  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * (c / 2)));
-  __m256i u = _mm256_and_si256(c & 1 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
-  if constexpr (T == DType::q5_k) {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh));
-    const __mmask32 bit = _mm256_test_epi8_mask(h, _mm256_set1_epi8(char(1 << c)));
-    u = _mm256_or_si256(u, _mm256_maskz_mov_epi8(bit, _mm256_set1_epi8(0x10)));
-  }
-  return u;
-}
-
-struct KScales {
-  float a[8], c[8];
-};
-
-template <class B>
-inline KScales k_scales(const B& b) {
-  KScales k;
-  const float dd = h2f(b.d), dm = h2f(b.dmin);
-  for (int c = 0; c < 8; ++c) {
-    uint8_t sc, m;
-    scale_min_k4(c, b.scales, sc, m);
-    k.a[c] = dd * float(sc);
-    k.c[c] = -(dm * float(m));
-  }
-  return k;
-}
-
 template <DType T>
 [[gnu::always_inline]] inline U32 load_chunk(const std::byte* row, int64_t j) {
   if constexpr (T == DType::q4_0) {
@@ -295,27 +369,9 @@ template <DType T>
     // signed int16 lanes straight from the int8 quants: no +128 offset, so no offset term (c = 0)
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
     return {_mm512_cvtepi8_epi16(v), d, d, 0.f, 0.f};
-  } else if constexpr (T == DType::q4_k || T == DType::q5_k) {
-    const auto& b = block_at<KBlock<T>>(row, j / 8);
-    const int c = int(j % 8);
-    uint8_t sc, m;
-    scale_min_k4(c, b.scales, sc, m);
-    const float a = h2f(b.d) * sc, off = -(h2f(b.dmin) * m);
-    return {widen(k_bytes<T>(b, c)), a, a, off, off};
-  } else if constexpr (T == DType::q6_k) {
-    const auto& b = block_at<block_q6_k>(row, j / 8);
-    const int c = int(j % 8), half = c / 4, k = c % 4;
-    const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half + 32 * (k & 1)));
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
-    const __m256i lo = _mm256_and_si256(k >> 1 ? _mm256_srli_epi16(l, 4) : l, _mm256_set1_epi8(0x0F));
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(h, 2 * k), _mm256_set1_epi8(3));
-    const float d = h2f(b.d);
-    const float a0 = d * b.scales[8 * half + 2 * k], a1 = d * b.scales[8 * half + 2 * k + 1];
-    return {widen(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4))), a0, a1, -32.f * a0, -32.f * a1};
   } else {
-    Chunk ch;
-    chunk_fn(T)(row, j, ch);
-    return {widen(_mm256_load_si256(reinterpret_cast<const __m256i*>(ch.u))), ch.a[0], ch.a[1], ch.c[0], ch.c[1]};
+    const B32 b = load_bytes<T>(row, j);
+    return {widen(b.u), b.a0, b.a1, b.c0, b.c1};
   }
 }
 
@@ -488,83 +544,6 @@ inline int32_t hsum_epi32(__m256i v) {
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
   return _mm_cvtsi128_si32(s);
 }
-
-// One 32-element chunk as unsigned bytes in element order, and its a, c (per half).
-struct B32 {
-  __m256i u;
-  float a0, a1, c0, c1;
-};
-
-inline __m256i nibbles256(const uint8_t* qs) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m128i m = _mm_set1_epi8(0x0F);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
-}
-// Byte l = 0x10 where bit l of the little-endian u32 at qh is set, else 0.
-inline __m256i fifth_bits256(const uint8_t* qh) {
-  uint32_t h;
-  std::memcpy(&h, qh, 4);
-  const __m256i spread = _mm256_shuffle_epi8(  // bytes 8i..8i+7 <- byte i of h
-      _mm256_set1_epi32(int(h)), _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
-  const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201));
-  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
-}
-
-template <DType T>
-[[gnu::always_inline]] inline B32 load_bytes(const std::byte* row, int64_t j) {
-  const auto h2f = [](uint16_t h) { return _cvtsh_ss(h); };
-  if constexpr (T == DType::q4_0 || T == DType::q5_0) {
-    using B = std::conditional_t<T == DType::q4_0, block_q4_0, block_q5_0>;
-    const auto& b = block_at<B>(row, j);
-    const float d = h2f(b.d), c = (T == DType::q4_0 ? -8.f : -16.f) * d;
-    __m256i u = nibbles256(b.qs);
-    if constexpr (T == DType::q5_0) u = _mm256_or_si256(u, fifth_bits256(b.qh));
-    return {u, d, d, c, c};
-  } else if constexpr (T == DType::q4_1 || T == DType::q5_1) {
-    using B = std::conditional_t<T == DType::q4_1, block_q4_1, block_q5_1>;
-    const auto& b = block_at<B>(row, j);
-    const float d = h2f(b.d), m = h2f(b.m);
-    __m256i u = nibbles256(b.qs);
-    if constexpr (T == DType::q5_1) u = _mm256_or_si256(u, fifth_bits256(b.qh));
-    return {u, d, d, m, m};
-  } else if constexpr (T == DType::q8_0) {
-    const auto& b = block_at<block_q8_0>(row, j);
-    const float d = h2f(b.d);
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
-    return {_mm256_xor_si256(v, _mm256_set1_epi8(char(0x80))), d, d, -128.f * d, -128.f * d};
-  } else if constexpr (T == DType::q4_k || T == DType::q5_k) {
-    using B = std::conditional_t<T == DType::q4_k, block_q4_k, block_q5_k>;
-    const auto& b = block_at<B>(row, j / 8);
-    const int c = int(j % 8);
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * (c / 2)));
-    __m256i u = _mm256_and_si256(c & 1 ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(0x0F));
-    if constexpr (T == DType::q5_k) {  // bit c of qh[l]: shifted to bit 0 of its byte, then to bit 4
-      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh));
-      u = _mm256_or_si256(u, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, c), _mm256_set1_epi8(1)), 4));
-    }
-    uint8_t sc, m;
-    scale_min_k4(c, b.scales, sc, m);
-    const float a = h2f(b.d) * sc, off = -(h2f(b.dmin) * m);
-    return {u, a, a, off, off};
-  } else if constexpr (T == DType::q6_k) {
-    const auto& b = block_at<block_q6_k>(row, j / 8);
-    const int c = int(j % 8), half = c / 4, k = c % 4;
-    const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * half + 32 * (k & 1)));
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
-    const __m256i lo = _mm256_and_si256(k >> 1 ? _mm256_srli_epi16(l, 4) : l, _mm256_set1_epi8(0x0F));
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(h, 2 * k), _mm256_set1_epi8(3));
-    const float d = h2f(b.d);
-    const float a0 = d * b.scales[8 * half + 2 * k], a1 = d * b.scales[8 * half + 2 * k + 1];
-    return {_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), a0, a1, -32.f * a0, -32.f * a1};
-  } else {
-    Chunk ch;
-    chunk_fn(T)(row, j, ch);
-    return {_mm256_load_si256(reinterpret_cast<const __m256i*>(ch.u)), ch.a[0], ch.a[1], ch.c[0], ch.c[1]};
-  }
-}
-
-template <DType T>
-constexpr bool kHalves = T == DType::q6_k || T == DType::q2_k || T == DType::q3_k;
 
 // As the avx512 dot_row, with vpmaddwd on the two halves (8 int32 lanes each).
 template <DType T>

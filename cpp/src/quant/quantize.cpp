@@ -348,15 +348,8 @@ void quantize_q3_k_ref(const float* x, void* blocks, int64_t n) {
   int8_t L[QK_K];
   float scales[QK_K / 16];
   for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
-    float max_scale = 0, amax = 0;
-    for (int j = 0; j < QK_K / 16; ++j) {
-      scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
-      const float scale = std::fabs(scales[j]);
-      if (scale > amax) {
-        amax = scale;
-        max_scale = scales[j];
-      }
-    }
+    for (int j = 0; j < QK_K / 16; ++j) scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
+    const float max_scale = signed_absmax(scales, QK_K / 16), amax = std::fabs(max_scale);
     std::memset(y[i].scales, 0, 12);
     if (max_scale) {
       const float iscale = -32.f / max_scale;
@@ -483,15 +476,8 @@ void quantize_q6_k_ref(const float* x, void* blocks, int64_t n) {
   int8_t L[QK_K];
   float scales[QK_K / 16];
   for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
-    float max_scale = 0, max_abs_scale = 0;
-    for (int ib = 0; ib < QK_K / 16; ++ib) {
-      scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
-      const float abs_scale = std::fabs(scales[ib]);
-      if (abs_scale > max_abs_scale) {
-        max_abs_scale = abs_scale;
-        max_scale = scales[ib];
-      }
-    }
+    for (int ib = 0; ib < QK_K / 16; ++ib) scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
+    const float max_scale = signed_absmax(scales, QK_K / 16), max_abs_scale = std::fabs(max_scale);
     if (max_abs_scale < GROUP_MAX_EPS) {
       std::memset(&y[i], 0, sizeof(block_q6_k));
       continue;
