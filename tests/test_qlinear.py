@@ -28,7 +28,7 @@ def quantization_bound(x, w64):
 
 
 @pytest.mark.parametrize("name,K", CASES)
-@pytest.mark.parametrize("M,N", [(1, 1), (3, 67), (9, 130)])
+@pytest.mark.parametrize("M,N", [(1, 1), (3, 67), (9, 130), (25, 33)])  # prefill tiles: 12 tokens x 16 rows
 def test_quantized_linear_within_the_activation_quantization_bound(rng, name, K, M, N):
     w, _ = _random_tensor(rng, name, (N, K))
     w64 = dequantize(w).astype(np.float64)
@@ -41,9 +41,10 @@ def test_quantized_linear_within_the_activation_quantization_bound(rng, name, K,
 
 
 @pytest.mark.parametrize("name,K", CASES)
-def test_vector_kernels_equal_the_scalar_reference(rng, name, K):
-    w, _ = _random_tensor(rng, name, (37, K))
-    x = rng.standard_normal((6, K), dtype=np.float32)  # >= 4 rows: the decode-once tile path, with a tail
+@pytest.mark.parametrize("M", [2, 6, 27])  # the row-at-a-time path; the panel path with a partial tile and with two
+def test_vector_kernels_equal_the_scalar_reference(rng, name, K, M):
+    w, _ = _random_tensor(rng, name, (37, K))  # 16-row panels and a tail of 5
+    x = rng.standard_normal((M, K), dtype=np.float32)
     fast = lb._core.quant.qlinear(x, w, False)
     ref = lb._core.quant.qlinear(x, w, True)
     scale = np.abs(x).astype(np.float64) @ np.abs(dequantize(w).astype(np.float64)).T

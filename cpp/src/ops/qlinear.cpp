@@ -46,10 +46,19 @@ namespace avx512 {
 void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s);
 void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
                const float* d, const float* s, float* y);
-// y[m * ldy + r] for M activation rows (q, d, s of row m at m * K, m * K / 32, m * K / 16) and n weight
-// rows: the rows are decoded once, then multiplied 4 weight rows x 4 activation rows at a time.
-void qgemm_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
-                const float* d, const float* s, int64_t M, float* y, int64_t ldy);
+// Activation rows (q, d, s of row m at m * K, m * K / 32, m * K / 16) regrouped in tiles of kTokens for
+// qgemm_rows; made once per product and shared by every panel.
+constexpr int kTokens = 12;  // 12 int32 + 12 float accumulators fit the 32 zmm registers
+struct PackedTokens {
+  int64_t M, K;
+  std::vector<int32_t> q;
+  std::vector<float> d, s;
+};
+PackedTokens pack_tokens(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K);
+// y[m * ldy + r] for the M packed activation rows and n <= 16 weight rows: the rows are decoded once into a
+// panel (rows as lanes), then multiplied 16 rows x 12 tokens at a time.
+void qgemm_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, const PackedTokens& a, float* y,
+                int64_t ldy);
 }  // namespace avx512
 namespace avx2 {  // matrix-vector only: prefill on AVX2 dequantizes panels for OpenBLAS's sgemm
 void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s);
@@ -422,89 +431,91 @@ void rows(const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int
   for (int64_t r = 0; r < n; ++r) y[r] = dot_row<T>(w + r * row_bytes, K, q, d, s);
 }
 
-// ---- many activation rows: decode each weight row once, then a 4 x 4 register tile ---------------------
+// ---- many activation rows: a 16-row panel decoded once, then rows as lanes ------------------------------
+//
+// The panel holds the int16 values of 16 weight rows interleaved by element pairs: vector (j, p) is
+// elements 2p, 2p+1 of chunk j for rows 0..15, so one vpdpwssd against the broadcast pair (q[2p], q[2p+1])
+// of a token adds two products to each row's lane. A chunk is 16 such instructions per token, then its
+// scales once as vectors over the 16 rows; a tile of tokens shares every weight load. No horizontal sums.
+constexpr int kPanel = 16;  // weight rows per panel: the 16 int32 lanes of a zmm
 
-// Decoded rows: u as int16 (K per row); per chunk the lane factors [a_h0 x8, a_h1 x8] and offsets c_h.
-struct Decoded {
-  std::vector<int16_t> u;
-  std::vector<float> f, c;
+struct Panel {
+  std::vector<int32_t> u;   // (nc, 16 pairs, 16 rows): int16 pairs as dwords
+  std::vector<float> a, c;  // (nc, 2 halves, 16 rows)
 };
 
 template <DType T>
-void decode_rows(const std::byte* w, int64_t row_bytes, int64_t n, int64_t n_pad, int64_t K, Decoded& out) {
-  const __m512i lane_half = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+void decode_panel(const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, Panel& P) {
   const int64_t nc = K / 32;
-  out.u.assign(size_t(n_pad * K), 0);  // padding rows stay zero
-  out.f.assign(size_t(n_pad * nc * 16), 0.f);
-  out.c.assign(size_t(n_pad * nc * 2), 0.f);
-  for (int64_t r = 0; r < n; ++r)
+  P.u.assign(size_t(nc * 256), 0);  // rows past n stay zero
+  P.a.assign(size_t(nc * 32), 0.f);
+  P.c.assign(size_t(nc * 32), 0.f);
+  for (int64_t r = 0; r < n; ++r) {
+    const __m512i at = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                           _mm512_set1_epi32(kPanel)),
+                                        _mm512_set1_epi32(int(r)));
     for (int64_t j = 0; j < nc; ++j) {
       const U32 x = load_chunk<T>(w + r * row_bytes, j);
-      const int64_t at = r * nc + j;
-      _mm512_storeu_si512(out.u.data() + at * 32, x.u);
-      const __m128 a = _mm_set_ps(0.f, 0.f, x.a1, x.a0);
-      _mm512_storeu_ps(out.f.data() + at * 16, _mm512_permutexvar_ps(lane_half, _mm512_castps128_ps512(a)));
-      out.c[size_t(2 * at)] = x.c0;
-      out.c[size_t(2 * at + 1)] = x.c1;
+      _mm512_i32scatter_epi32(P.u.data() + j * 256, at, x.u, 4);
+      P.a[size_t(j * 32 + r)] = x.a0;
+      P.a[size_t(j * 32 + 16 + r)] = x.a1;
+      P.c[size_t(j * 32 + r)] = x.c0;
+      P.c[size_t(j * 32 + 16 + r)] = x.c1;
     }
-}
-
-inline float dot_f32(const float* a, const float* b, int64_t n) {
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
   }
-  return _mm512_reduce_add_ps(acc);
 }
 
-// out[m][r] = sum over chunks of f_r . (d_m (u_r . q_m)) for 4 decoded rows (from u, f) x 4 activations.
-void tile_4x4(const int16_t* u, const float* f, int64_t nc, const int16_t* const q[4], const float* const d[4],
-              float out[4][4]) {
-  __m512 acc[4][4];
-  for (auto& row : acc)
-    for (auto& a : row) a = _mm512_setzero_ps();
-  for (int64_t j = 0; j < nc; ++j) {
-    __m512i qa[4];
-    __m512 dv[4];
-    for (int m = 0; m < 4; ++m) {
-      qa[m] = _mm512_loadu_si512(q[m] + 32 * j);
-      dv[m] = _mm512_set1_ps(d[m][j]);
+// The activations of a tile of kTokens tokens, interleaved so that every broadcast in the kernel is a
+// constant displacement from one pointer: pair p of chunk j of token t is dword (j * 16 + p) * kTokens + t.
+// The last tile is padded with zero tokens.
+template <int NT, bool Halves, bool Offset>
+[[gnu::always_inline]] inline void panel_tile(const Panel& P, int64_t nc, const int32_t* q, const float* d,
+                                              const float* s, float* y, int64_t ldy, int mt, __mmask16 rows) {
+  __m512 acc[NT];
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < nc; ++j, q += 16 * NT, d += NT, s += 2 * NT) {
+    const int32_t* wj = P.u.data() + j * 256;
+#pragma GCC unroll 2
+    for (int h = 0; h < (Halves ? 2 : 1); ++h) {
+      __m512i i[NT];
+#pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t) i[t] = _mm512_setzero_si512();
+      const int p0 = Halves ? 8 * h : 0, p1 = Halves ? p0 + 8 : 16;
+#pragma GCC unroll 16
+      for (int p = p0; p < p1; ++p) {
+        const __m512i wv = _mm512_loadu_si512(wj + p * kPanel);
+#pragma GCC unroll 16
+        for (int t = 0; t < NT; ++t) i[t] = _mm512_dpwssd_epi32(i[t], wv, _mm512_set1_epi32(q[p * NT + t]));
+      }
+      const __m512 a = _mm512_loadu_ps(P.a.data() + j * 32 + 16 * h);
+#pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t)
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(i[t]), a), _mm512_set1_ps(d[t]), acc[t]);
     }
-    for (int r = 0; r < 4; ++r) {
-      const __m512i w = _mm512_loadu_si512(u + (r * nc + j) * 32);
-      const __m512 fr = _mm512_loadu_ps(f + (r * nc + j) * 16);
-      for (int m = 0; m < 4; ++m) {
-        const __m512 dot = _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(_mm512_setzero_si512(), w, qa[m]));
-        acc[r][m] = _mm512_fmadd_ps(_mm512_mul_ps(dot, dv[m]), fr, acc[r][m]);
+    if constexpr (Offset) {
+      const __m512 c0 = _mm512_loadu_ps(P.c.data() + j * 32), c1 = _mm512_loadu_ps(P.c.data() + j * 32 + 16);
+#pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t) {
+        acc[t] = _mm512_fmadd_ps(c0, _mm512_set1_ps(s[t]), acc[t]);
+        acc[t] = _mm512_fmadd_ps(c1, _mm512_set1_ps(s[NT + t]), acc[t]);
       }
     }
   }
-  for (int m = 0; m < 4; ++m)
-    for (int r = 0; r < 4; ++r) out[m][r] = _mm512_reduce_add_ps(acc[r][m]);
+  for (int t = 0; t < mt; ++t) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
 }
 
 template <DType T>
-void gemm(const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q, const float* d,
-          const float* s, int64_t M, float* y, int64_t ldy) {
-  thread_local Decoded dec;
-  const int64_t nc = K / 32, n_pad = (n + 3) / 4 * 4;
-  decode_rows<T>(w, row_bytes, n, n_pad, K, dec);
-  for (int64_t m0 = 0; m0 < M; m0 += 4) {
-    const int16_t* qp[4];
-    const float* dp[4];
-    for (int m = 0; m < 4; ++m) {  // a short last group repeats its last row; those results are dropped
-      const int64_t mm = std::min(M - 1, m0 + m);
-      qp[m] = q + mm * K;
-      dp[m] = d + mm * nc;
-    }
-    for (int64_t r0 = 0; r0 < n_pad; r0 += 4) {
-      float out[4][4];
-      tile_4x4(dec.u.data() + r0 * K, dec.f.data() + r0 * nc * 16, nc, qp, dp, out);
-      for (int64_t m = 0; m < std::min<int64_t>(4, M - m0); ++m)
-        for (int64_t r = 0; r < std::min<int64_t>(4, n - r0); ++r)
-          y[(m0 + m) * ldy + r0 + r] = out[m][r] + dot_f32(dec.c.data() + (r0 + r) * nc * 2, s + (m0 + m) * nc * 2, nc * 2);
-    }
+void gemm(const std::byte* w, int64_t row_bytes, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
+  thread_local Panel P;
+  decode_panel<T>(w, row_bytes, n, a.K, P);
+  const __mmask16 rows = __mmask16((1u << n) - 1u);
+  const int64_t nc = a.K / 32;
+  for (int64_t tile = 0; tile * kTokens < a.M; ++tile) {
+    const int mt = int(std::min<int64_t>(kTokens, a.M - tile * kTokens));
+    panel_tile<kTokens, kHalves<T>, T != DType::q8_0>(P, nc, a.q.data() + tile * nc * 16 * kTokens,
+                                                      a.d.data() + tile * nc * kTokens, a.s.data() + tile * nc * 2 * kTokens,
+                                                      y + tile * kTokens * ldy, ldy, mt, rows);
   }
 }
 
@@ -521,11 +532,30 @@ void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int
   }
 }
 
-void qgemm_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
-                const float* d, const float* s, int64_t M, float* y, int64_t ldy) {
+PackedTokens pack_tokens(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K) {
+  const int64_t nc = K / 32, tiles = (M + kTokens - 1) / kTokens;
+  PackedTokens a{M, K, std::vector<int32_t>(size_t(tiles * nc * 16 * kTokens), 0),
+                 std::vector<float>(size_t(tiles * nc * kTokens), 0.f), std::vector<float>(size_t(tiles * nc * 2 * kTokens), 0.f)};
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t tile = m / kTokens, t = m % kTokens;
+    int32_t* qt = a.q.data() + tile * nc * 16 * kTokens + t;
+    float* dt = a.d.data() + tile * nc * kTokens + t;
+    float* st = a.s.data() + tile * nc * 2 * kTokens + t;
+    for (int64_t j = 0; j < nc; ++j) {
+      for (int p = 0; p < 16; ++p) std::memcpy(qt + (j * 16 + p) * kTokens, q + m * K + 32 * j + 2 * p, 4);
+      dt[j * kTokens] = d[m * nc + j];
+      st[j * 2 * kTokens] = s[m * 2 * nc + 2 * j];
+      st[(j * 2 + 1) * kTokens] = s[m * 2 * nc + 2 * j + 1];
+    }
+  }
+  return a;
+}
+
+void qgemm_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, const PackedTokens& a, float* y,
+                int64_t ldy) {
   switch (type) {
 #define LB_QGEMM_CASE(t) \
-  case DType::t: return gemm<DType::t>(w, row_bytes, n, K, q, d, s, M, y, ldy);
+  case DType::t: return gemm<DType::t>(w, row_bytes, n, a, y, ldy);
     LB_QLINEAR_TYPES(LB_QGEMM_CASE)
 #undef LB_QGEMM_CASE
     default: throw TypeError(std::string("qgemm_rows: no kernel for ") + name(type));
@@ -727,11 +757,11 @@ void qlinear_rows(const QuantizedRows& a, DType type, const std::byte* w, int64_
 #ifdef LB_HAVE_avx512
   if (!reference && qlinear_isa() == Isa::avx512 && a.M >= 4) {  // prefill: decode each weight row once
     const int64_t tile = 16;
+    const auto packed = kernels::avx512::pack_tokens(a.q.data(), a.d.data(), a.s.data(), a.M, K);
     parallel_for((N + tile - 1) / tile, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n0 = t * tile, n = std::min(N, n0 + tile) - n0;
-        kernels::avx512::qgemm_rows(type, w + n0 * row_bytes, row_bytes, n, K, a.q.data(), a.d.data(), a.s.data(),
-                                    a.M, y + n0, N);
+        kernels::avx512::qgemm_rows(type, w + n0 * row_bytes, row_bytes, n, packed, y + n0, N);
       }
     });
     return;
