@@ -8,6 +8,7 @@
 
 #include "lmblocks/error.h"
 #include "lmblocks/ops.h"
+#include "lmblocks/runtime.h"
 
 namespace lb {
 
@@ -71,9 +72,8 @@ Tensor Tensor::empty(const Shape& shape, DType dtype) {
       bytes > (int64_t(1) << 46))
     throw ValueError("empty: shape " + shape_str(shape) + " is too large to allocate");
   const size_t alloc = size_t((bytes + kAlignment - 1) / kAlignment * kAlignment) + size_t(kAlignment);
-  void* p = std::aligned_alloc(size_t(kAlignment), alloc);
-  if (!p) throw std::bad_alloc();
-  std::shared_ptr<void> owner(p, [](void* q) { std::free(q); });
+  void* p = buffer_alloc(alloc);
+  std::shared_ptr<void> owner(p, [alloc](void* q) { buffer_free(q, alloc); });
   return Tensor(std::move(owner), p, dtype, shape, contiguous_strides(shape, dtype));
 }
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "lmblocks/runtime.h"
 #include "lmblocks/tensor.h"
 
 namespace lb {
@@ -28,8 +29,8 @@ namespace lb::ops {
 // M rows of K activations as int16 blocks of 32 with scales d (per 32) and s = d * sum(q) (per 16).
 struct QuantizedRows {
   int64_t M = 0, K = 0;
-  std::vector<int16_t> q;
-  std::vector<float> d, s;
+  Buffer<int16_t> q;
+  Buffer<float> d, s;
 };
 
 // Whether x (M rows) @ W^T with W of type t takes the quantized path on this CPU: always with

@@ -1,5 +1,6 @@
 // The runtime: one thread pool (oneTBB), CPU feature detection and kernel dispatch, BLAS.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -34,6 +35,30 @@ void parallel_for(int64_t n, int64_t grain, F&& fn) {
   auto tramp = [](void* ctx, int64_t b, int64_t e) { (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e); };
   parallel_for_impl(n, grain, tramp, const_cast<void*>(static_cast<const void*>(&fn)));
 }
+
+// ---- Scratch buffers -------------------------------------------------------------------------
+// 64-byte aligned memory for tensors and kernel scratch. Large blocks (>= 64 KiB) are kept after
+// they are freed, by size, up to 512 MiB, so a forward pass that allocates the same sizes every call
+// does not map and fault in fresh pages each time. release_buffers() hands the kept blocks back.
+void* buffer_alloc(size_t bytes);
+void buffer_free(void* p, size_t bytes) noexcept;
+void release_buffers() noexcept;
+size_t cached_buffer_bytes() noexcept;
+
+// std::vector storage from buffer_alloc, for kernel scratch that is remade every call.
+template <class T>
+struct BufferAllocator {
+  using value_type = T;
+  BufferAllocator() = default;
+  template <class U>
+  BufferAllocator(const BufferAllocator<U>&) noexcept {}
+  T* allocate(size_t n) { return static_cast<T*>(buffer_alloc(n * sizeof(T))); }
+  void deallocate(T* p, size_t n) noexcept { buffer_free(p, n * sizeof(T)); }
+  template <class U>
+  bool operator==(const BufferAllocator<U>&) const noexcept { return true; }
+};
+template <class T>
+using Buffer = std::vector<T, BufferAllocator<T>>;
 
 // ---- CPU features and dispatch ------------------------------------------------------------------
 // Instruction-set levels, in order. A kernel family provides a subset; dispatch takes the best one

@@ -51,8 +51,8 @@ void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int
 constexpr int kTokens = 12;  // 12 int32 + 12 float accumulators fit the 32 zmm registers
 struct PackedTokens {
   int64_t M, K;
-  std::vector<int32_t> q;
-  std::vector<float> d, s;
+  Buffer<int32_t> q;
+  Buffer<float> d, s;
 };
 PackedTokens pack_tokens(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K);
 // y[m * ldy + r] for the M packed activation rows and n <= 16 weight rows: the rows are decoded once into a
@@ -534,8 +534,8 @@ void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int
 
 PackedTokens pack_tokens(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K) {
   const int64_t nc = K / 32, tiles = (M + kTokens - 1) / kTokens;
-  PackedTokens a{M, K, std::vector<int32_t>(size_t(tiles * nc * 16 * kTokens), 0),
-                 std::vector<float>(size_t(tiles * nc * kTokens), 0.f), std::vector<float>(size_t(tiles * nc * 2 * kTokens), 0.f)};
+  PackedTokens a{M, K, Buffer<int32_t>(size_t(tiles * nc * 16 * kTokens), 0),
+                 Buffer<float>(size_t(tiles * nc * kTokens), 0.f), Buffer<float>(size_t(tiles * nc * 2 * kTokens), 0.f)};
   for (int64_t m = 0; m < M; ++m) {
     const int64_t tile = m / kTokens, t = m % kTokens;
     int32_t* qt = a.q.data() + tile * nc * 16 * kTokens + t;
