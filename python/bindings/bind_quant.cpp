@@ -49,7 +49,8 @@ void bind_quant(py::module_ m) {
       py::arg("x"), py::arg("dtype"), "A new Tensor of block type dtype (see lmblocks.quant.quantize).");
   m.def(
       "qlinear",
-      [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const Tensor& w, bool reference) {
+      [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const Tensor& w, bool reference,
+         bool packed) {
         if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.dim(1) || x.shape(1) % 32)
           throw ValueError("qlinear: expected x (M, K) and weight (N, K) with K a multiple of 32");
         const int64_t M = x.shape(0), K = x.shape(1), N = w.dim(0);
@@ -59,13 +60,29 @@ void bind_quant(py::module_ m) {
         {
           py::gil_scoped_release nogil;
           const ops::QuantizedRows a = ops::quantize_rows(xp, M, K, K, reference);
-          ops::qlinear_rows(a, w.dtype(), static_cast<const std::byte*>(w.raw()), w.strides()[0], N, yp, reference);
+          if (packed)
+            ops::qlinear_packed(a, *ops::pack_weight(w), yp);
+          else
+            ops::qlinear_rows(a, w.dtype(), static_cast<const std::byte*>(w.raw()), w.strides()[0], N, yp, reference);
         }
         return y;
       },
-      py::arg("x"), py::arg("w"), py::arg("reference"),
-      "x @ w^T through the int8-activation kernels: the vector ones (where this CPU has them) or, with "
-      "reference=True, the scalar spec. For tests; lmblocks.ops.linear picks the path itself.");
+      py::arg("x"), py::arg("w"), py::arg("reference"), py::arg("packed") = false,
+      "x @ w^T through the int16-activation kernels: the vector ones (where this CPU has them), with "
+      "packed=True the AVX-512 kernels on w repacked (as CausalLM does at load), or, with reference=True, "
+      "the scalar spec. For tests; lmblocks.ops.linear picks the path itself.");
+  m.def(
+      "packed_dequantize",
+      [](const Tensor& w) {
+        const auto p = ops::pack_weight(w);
+        py::array_t<float> y({p->N, p->K});
+        float* yp = y.mutable_data();
+        for (int64_t r = 0; r < p->N; ++r) ops::packed_row_to_float(*p, r, yp + r * p->K);
+        return y;
+      },
+      py::arg("w"), "w repacked as CausalLM does, then read back row by row as float32 (for tests).");
+  m.def("packable", [](const std::string& dtype) { return ops::packable(dtype_from_name(dtype)); }, py::arg("dtype"),
+        "Whether weights of this type are repacked at load on this CPU (its avx512 kernels are active).");
 }
 
 }  // namespace lb::py_bind

@@ -17,6 +17,10 @@
 #include "lmblocks/ops.h"
 #include "lmblocks/tensor.h"
 
+namespace lb::ops {
+struct PackedWeight;  // lmblocks/quant.h
+}
+
 namespace lb::blocks {
 
 class Attention;
@@ -193,6 +197,8 @@ class CausalLM {
 
  private:
   std::vector<const Attention*> attention_;  // found once in body: what a cache holds
+  std::vector<std::shared_ptr<ops::PackedWeight>> packed_;  // weights repacked for this CPU's kernels
+  void pack_weights();
   Tensor forward_chunk(KVCache& cache, const int32_t* tokens, Context& ctx, Logits logits);
 };
 

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "lmblocks/runtime.h"
@@ -41,6 +42,27 @@ QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bo
 // y (M, N) row-major = a @ W^T for W (N, K) of ggml block type `type`, rows `row_bytes` apart.
 void qlinear_rows(const QuantizedRows& a, DType type, const std::byte* w, int64_t row_bytes, int64_t N, float* y,
                   bool reference = false);
+
+// A weight matrix repacked once, at load, for the AVX-512 kernels (layout: cpp/src/ops/qlinear.cpp):
+// groups of 16 rows whose quants are interleaved so that one 64-byte vector holds four consecutive
+// elements of each of the 16 rows, and whose scales sit together as vectors over the rows. Types:
+// q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k.
+struct PackedWeight {
+  DType type;
+  int64_t N = 0, K = 0, group_bytes = 0;
+  Buffer<uint8_t> data;  // (N + 15) / 16 groups of group_bytes
+};
+// Whether weights of type t are repacked on this CPU (the avx512 level is active and t is one of the above).
+bool packable(DType t);
+// w: (N, K) of a packable type with contiguous rows -> its packed form. Throws lb::TypeError/ValueError.
+std::shared_ptr<PackedWeight> pack_weight(const Tensor& w);
+// From now on ops::linear reads w through p, while p lives (the caller owns p; nothing else holds it).
+void register_packed(const Tensor& w, const std::shared_ptr<PackedWeight>& p);
+std::shared_ptr<const PackedWeight> find_packed(const Tensor& w);
+// Row r of the matrix as float32, equal bit for bit to dequantize() of the original row.
+void packed_row_to_float(const PackedWeight& w, int64_t r, float* y);
+// y (M, N) row-major = a @ W^T through the packed form.
+void qlinear_packed(const QuantizedRows& a, const PackedWeight& w, float* y);
 
 // y (M, N) = x @ W^T for W (N, K) of f16 or bf16 with rows `row_bytes` apart, x rows `ldx` apart:
 // each weight row widened in registers (the decode path for f16/bf16 checkpoints).

@@ -82,6 +82,10 @@ int normalize_axis(int axis, int ndim, const char* what);  // throws lb::IndexEr
 int64_t checked_numel(const Shape& shape);                   // throws lb::ValueError on overflow or < 0
 
 // A read-only memory map of a whole file, shared by every tensor viewed from it.
+// Drops this process's pages of [p, p + n) that lie inside a live MappedFile (whole pages only): they are
+// read from the file again if touched. For data that has been copied elsewhere (repacked weights).
+void release_mapped_pages(const void* p, int64_t n);
+
 class MappedFile {
  public:
   static std::shared_ptr<MappedFile> open(const std::string& path);  // throws lb::IOError

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "lmblocks/blocks.h"
+#include "lmblocks/quant.h"
 #include "lmblocks/error.h"
 #include "lmblocks/runtime.h"
 
@@ -133,6 +134,30 @@ CausalLM::CausalLM(Tensor embed, float scale, BlockPtr body_, BlockPtr norm_, Te
     if (a->model_dim() != model_dim())
       throw ValueError("CausalLM: an attention block takes D=" + std::to_string(a->model_dim()) +
                        " but the embedding has D=" + std::to_string(model_dim()));
+  pack_weights();
+}
+
+// Every matrix the kernels can read faster repacked (ops::PackedWeight), once. The model owns the packed
+// copies; the originals stay as they are for anyone who reads them (weights(), the reference path), but
+// pages of a file mapping are dropped once packed, so the model is resident once, not twice.
+void CausalLM::pack_weights() {
+  std::vector<Tensor> mats = {lm_head};
+  std::vector<BlockPtr> todo = {body};
+  while (!todo.empty()) {
+    const BlockPtr b = todo.back();
+    todo.pop_back();
+    if (!b) continue;
+    for (const auto& [name, t] : b->weights())
+      if (t.ndim() == 2) mats.push_back(t);
+    for (const BlockPtr& c : b->children()) todo.push_back(c);
+  }
+  for (const Tensor& t : mats) {
+    if (!ops::packable(t.dtype()) || t.strides()[1] != traits(t.dtype()).type_size || ops::find_packed(t)) continue;
+    auto p = ops::pack_weight(t);
+    ops::register_packed(t, p);
+    packed_.push_back(std::move(p));
+    release_mapped_pages(t.raw(), t.nbytes());  // a tied embedding is read from the packed copy too
+  }
 }
 
 std::shared_ptr<KVCache> CausalLM::make_cache(int64_t n_seq, int64_t n_ctx, int64_t n_batch, DType dtype) const {
@@ -226,7 +251,16 @@ Tensor CausalLM::forward(KVCache& cache, const Tensor& tokens, const Tensor& seq
 Tensor CausalLM::forward_chunk(KVCache&, const int32_t* tokens, Context& ctx, Logits logits) {
   Tensor ids = Tensor::empty({ctx.N}, DType::i32);
   std::memcpy(ids.raw(), tokens, size_t(ctx.N) * 4);
-  Tensor x = ops::embedding(ids, embed_tokens);  // (n, D)
+  Tensor x;  // (n, D)
+  if (const auto packed = ops::find_packed(embed_tokens)) {  // tied to a repacked head: read rows from there
+    x = Tensor::empty({ctx.N, model_dim()});
+    float* xp = x.data<float>();
+    parallel_for(ctx.N, 16, [&](int64_t a, int64_t b) {
+      for (int64_t i = a; i < b; ++i) ops::packed_row_to_float(*packed, tokens[i], xp + i * model_dim());
+    });
+  } else {
+    x = ops::embedding(ids, embed_tokens);
+  }
   if (embed_scale != 1.f) {
     float* p = x.data<float>();
     for (int64_t i = 0; i < x.numel(); ++i) p[i] *= embed_scale;

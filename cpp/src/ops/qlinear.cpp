@@ -1,6 +1,7 @@
 // Quantized linear: y = x @ W^T with W in a ggml block format, read as stored (no f32 copy).
 //
-// Each row of x is quantized on the fly to int16 in blocks of 32 (q = round(x / d), d = max|x| / 32767)
+// Each row of x is quantized on the fly to int16 in blocks of 32 (q = round(x / d), d = max|x| / 32639:
+// the largest int16 range whose values split into two int8 halves, q = 256 h + l, for vpdpbusd)
 // with, per 16 elements, s = d * sum(q). int16, not int8 as ggml's q8_0/q8_K: int8 activations moved
 // the logits of SmolLM2 and Gemma 3 by 3-5% (top-1 96-98% on wikitext), int16 by ~1e-4 of their range. Every weight type is then read as 32-element chunks of
 // unsigned integers u with, per 16 elements, a scale a and an offset c (element = a * u + c):
@@ -13,10 +14,15 @@
 //
 // so one dot product serves all ten types: sum over halves h of a_h * d * (u . q)_h + c_h * s_h.
 // The integer part (u . q) is a 16-bit dot product into int32 lanes: AVX-512 VNNI's vpdpwssd (the
-// avx512 level requires VNNI); u <= 255 and |q| <= 32767, so a half's 16 products stay below 2^31.
+// avx512 level requires VNNI); u <= 255 and |q| <= 32639, so a half's 16 products stay below 2^31.
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "lmblocks/error.h"
@@ -31,6 +37,37 @@ struct Chunk {
   alignas(32) uint8_t u[32];
   float a[2], c[2];
 };
+
+// ---- The packed layout (lb::ops::PackedWeight) -----------------------------------------------------
+//
+// Rows go in groups of 16; a group is a run of units in element order, one per 32-element chunk
+// (q4_0 ... q8_0) or per 256-element super-block (k-quants). A "quad vector" is 64 bytes: byte 4r + b is
+// element 4q + b of row r, so the 16 dword lanes of one vpdpbusd are the 16 rows. Planes hold the quants:
+//   nibbles (256 B per chunk): vector i, low nibbles = quad 2i, high nibbles = quad 2i + 1
+//   fifth bits (64 B): eight u64 masks, mask q bit 4r + b = bit 4 of quad q's byte 4r + b
+//   q6_k high bits (128 B): vector m, bits 2t..2t+1 of byte 4r + b = bits 4..5 of quad 4m + t
+//   bytes (q8_0, 512 B): quad q as it is, u = q8 + 128
+// Units: q4_0/q5_0 d[16] | nibbles | (fifth);  q4_1/q5_1 d[16] m[16] | nibbles | (fifth);  q8_0 d[16] | bytes;
+// q4_k/q5_k d[16] dmin[16] sc[8][16] m[8][16] | 8 x (nibbles | (fifth));  q6_k d[16] sc[16][16] | 8 x (nibbles |
+// high bits). d, m, dmin: raw f16; sc, m: the 6-bit sub-block values as bytes (q6_k: int8). Packed sizes
+// equal the original's, but for q4_k/q5_k (+2.8%: unpacked 6-bit scales).
+constexpr int kGroup = 16;
+
+constexpr bool is_k_type(DType t) { return t == DType::q4_k || t == DType::q5_k || t == DType::q6_k; }
+constexpr int64_t unit_chunks(DType t) { return is_k_type(t) ? 8 : 1; }
+constexpr int64_t unit_bytes(DType t) {
+  switch (t) {
+    case DType::q4_0: return 32 + 256;
+    case DType::q5_0: return 32 + 256 + 64;
+    case DType::q4_1: return 64 + 256;
+    case DType::q5_1: return 64 + 256 + 64;
+    case DType::q8_0: return 32 + 512;
+    case DType::q4_k: return 320 + 8 * 256;
+    case DType::q5_k: return 320 + 8 * (256 + 64);
+    case DType::q6_k: return 288 + 8 * (256 + 128);
+    default: return 0;
+  }
+}
 
 }  // namespace lb::kernels
 
@@ -59,6 +96,14 @@ PackedTokens pack_tokens(const int16_t* q, const float* d, const float* s, int64
 // panel (rows as lanes), then multiplied 16 rows x 12 tokens at a time.
 void qgemm_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, const PackedTokens& a, float* y,
                 int64_t ldy);
+// Packed weights. split_act: one row of q (K,), |q| <= 32639, as int8 halves q = 256 h + l, per chunk
+// the eight dwords of h's quads then the eight of l's (hl: K / 2 int32). packed_rows: output rows
+// [16 g0, 16 g1) (at most N) for M <= 3 split rows (hl, d, s of row m at m * K / 2, m * K / 32, m * K / 16).
+void split_act(const int16_t* q, int64_t K, int32_t* hl);
+void packed_rows(DType type, const uint8_t* w, int64_t group_bytes, int64_t g0, int64_t g1, int64_t N, int64_t K,
+                 const int32_t* hl, const float* d, const float* s, int64_t M, float* y, int64_t ldy);
+// qgemm_rows for the n <= 16 rows of one packed group.
+void packed_gemm(DType type, const uint8_t* group, int64_t n, const PackedTokens& a, float* y, int64_t ldy);
 }  // namespace avx512
 namespace avx2 {  // matrix-vector only: prefill on AVX2 dequantizes panels for OpenBLAS's sgemm
 void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s);
@@ -321,7 +366,7 @@ void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s) {
   for (int64_t j = 0; j < K / 32; ++j) {
     const __m512 v0 = _mm512_loadu_ps(x + 32 * j), v1 = _mm512_loadu_ps(x + 32 * j + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-    const float dj = amax / 32767.f, id = amax > 0.f ? 32767.f / amax : 0.f;
+    const float dj = amax / 32639.f, id = amax > 0.f ? 32639.f / amax : 0.f;
     const __m512 vid = _mm512_set1_ps(id);
     const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vid)), i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * j), _mm512_cvtsepi32_epi16(i0));
@@ -505,10 +550,9 @@ template <int NT, bool Halves, bool Offset>
   for (int t = 0; t < mt; ++t) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
 }
 
+// Every tile of tokens against one decoded panel of n <= 16 rows.
 template <DType T>
-void gemm(const std::byte* w, int64_t row_bytes, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
-  thread_local Panel P;
-  decode_panel<T>(w, row_bytes, n, a.K, P);
+void panel_tiles(const Panel& P, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
   const __mmask16 rows = __mmask16((1u << n) - 1u);
   const int64_t nc = a.K / 32;
   for (int64_t tile = 0; tile * kTokens < a.M; ++tile) {
@@ -517,6 +561,207 @@ void gemm(const std::byte* w, int64_t row_bytes, int64_t n, const PackedTokens& 
                                                       a.d.data() + tile * nc * kTokens, a.s.data() + tile * nc * 2 * kTokens,
                                                       y + tile * kTokens * ldy, ldy, mt, rows);
   }
+}
+
+template <DType T>
+void gemm(const std::byte* w, int64_t row_bytes, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
+  thread_local Panel P;
+  decode_panel<T>(w, row_bytes, n, a.K, P);
+  panel_tiles<T>(P, n, a, y, ldy);
+}
+
+// ---- packed weights (the layout at the top of this file): rows as lanes for decode too -------------
+
+// One chunk of a packed group: its eight quad vectors (unsigned bytes) and, per half, the scale a and
+// offset c of each of the 16 rows.
+struct GroupChunk {
+  __m512i quad[8];
+  __m512 a0, a1, c0, c1;
+};
+
+inline __m512 f16x16(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline __m512 u8x16(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline __m512 i8x16(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+[[gnu::always_inline]] inline void nibble_quads(const uint8_t* p, __m512i* quad) {
+  const __m512i m = _mm512_set1_epi8(0x0F);
+  for (int i = 0; i < 4; ++i) {
+    const __m512i v = _mm512_loadu_si512(p + 64 * i);
+    quad[2 * i] = _mm512_and_si512(v, m);
+    quad[2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
+  }
+}
+[[gnu::always_inline]] inline void fifth_bit_quads(const uint8_t* p, __m512i* quad) {
+  const __m512i bit = _mm512_set1_epi8(0x10);
+  for (int q = 0; q < 8; ++q) {
+    uint64_t m;
+    std::memcpy(&m, p + 8 * q, 8);
+    quad[q] = _mm512_or_si512(quad[q], _mm512_maskz_mov_epi8(__mmask64(m), bit));
+  }
+}
+[[gnu::always_inline]] inline void q6_high_quads(const uint8_t* p, __m512i* quad) {
+  const __m512i m = _mm512_set1_epi8(0x30);
+  for (int k = 0; k < 2; ++k) {  // bits 2t..2t+1 of each byte -> bits 4..5 of quad 4k + t
+    const __m512i h = _mm512_loadu_si512(p + 64 * k);
+    quad[4 * k] = _mm512_or_si512(quad[4 * k], _mm512_and_si512(_mm512_slli_epi16(h, 4), m));
+    quad[4 * k + 1] = _mm512_or_si512(quad[4 * k + 1], _mm512_and_si512(_mm512_slli_epi16(h, 2), m));
+    quad[4 * k + 2] = _mm512_or_si512(quad[4 * k + 2], _mm512_and_si512(h, m));
+    quad[4 * k + 3] = _mm512_or_si512(quad[4 * k + 3], _mm512_and_si512(_mm512_srli_epi16(h, 2), m));
+  }
+}
+
+// Chunk c of the unit at u (c = 0 for the 32-element types).
+template <DType T>
+[[gnu::always_inline]] inline void load_group_chunk(const uint8_t* u, int c, GroupChunk& x) {
+  if constexpr (T == DType::q4_0 || T == DType::q5_0) {
+    const __m512 d = f16x16(u);
+    x.a0 = x.a1 = d;
+    x.c0 = x.c1 = _mm512_mul_ps(d, _mm512_set1_ps(T == DType::q4_0 ? -8.f : -16.f));
+    nibble_quads(u + 32, x.quad);
+    if constexpr (T == DType::q5_0) fifth_bit_quads(u + 32 + 256, x.quad);
+  } else if constexpr (T == DType::q4_1 || T == DType::q5_1) {
+    x.a0 = x.a1 = f16x16(u);
+    x.c0 = x.c1 = f16x16(u + 32);
+    nibble_quads(u + 64, x.quad);
+    if constexpr (T == DType::q5_1) fifth_bit_quads(u + 64 + 256, x.quad);
+  } else if constexpr (T == DType::q8_0) {
+    const __m512 d = f16x16(u);
+    x.a0 = x.a1 = d;
+    x.c0 = x.c1 = _mm512_mul_ps(d, _mm512_set1_ps(-128.f));
+    for (int q = 0; q < 8; ++q) x.quad[q] = _mm512_loadu_si512(u + 32 + 64 * q);
+  } else if constexpr (T == DType::q4_k || T == DType::q5_k) {
+    x.a0 = x.a1 = _mm512_mul_ps(f16x16(u), u8x16(u + 64 + 16 * c));
+    x.c0 = x.c1 = _mm512_mul_ps(f16x16(u + 32), _mm512_sub_ps(_mm512_setzero_ps(), u8x16(u + 192 + 16 * c)));
+    constexpr int plane = T == DType::q4_k ? 256 : 320;
+    nibble_quads(u + 320 + plane * c, x.quad);
+    if constexpr (T == DType::q5_k) fifth_bit_quads(u + 320 + plane * c + 256, x.quad);
+  } else {
+    static_assert(T == DType::q6_k);
+    const __m512 d = f16x16(u);
+    x.a0 = _mm512_mul_ps(d, i8x16(u + 32 + 32 * c));
+    x.a1 = _mm512_mul_ps(d, i8x16(u + 32 + 32 * c + 16));
+    x.c0 = _mm512_mul_ps(x.a0, _mm512_set1_ps(-32.f));
+    x.c1 = _mm512_mul_ps(x.a1, _mm512_set1_ps(-32.f));
+    nibble_quads(u + 288 + 384 * c, x.quad);
+    q6_high_quads(u + 288 + 384 * c + 256, x.quad);
+  }
+}
+
+// The integer dot products of quads [q0, q1) with one token's split activations (h: its chunk's hi
+// dwords, h + 8 its lo dwords): 256 * (u . h) + (u . l) = u . q per row lane, exact in int32
+// (32 products of u <= 255 and |h| <= 128 stay below 2^23 before the shift).
+template <int Q0, int Q1>
+[[gnu::always_inline]] inline __m512 quad_dots(const __m512i* quad, const int32_t* h) {
+  __m512i hi0 = _mm512_setzero_si512(), hi1 = hi0, lo0 = hi0, lo1 = hi0;
+  for (int q = Q0; q < Q1; q += 2) {
+    hi0 = _mm512_dpbusd_epi32(hi0, quad[q], _mm512_set1_epi32(h[q]));
+    lo0 = _mm512_dpbusd_epi32(lo0, quad[q], _mm512_set1_epi32(h[8 + q]));
+    hi1 = _mm512_dpbusd_epi32(hi1, quad[q + 1], _mm512_set1_epi32(h[q + 1]));
+    lo1 = _mm512_dpbusd_epi32(lo1, quad[q + 1], _mm512_set1_epi32(h[8 + q + 1]));
+  }
+  const __m512i hi = _mm512_add_epi32(hi0, hi1), lo = _mm512_add_epi32(lo0, lo1);
+  return _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(hi, 8), lo));
+}
+
+template <DType T, int NT>
+void group_rows(const uint8_t* g, int64_t K, const int32_t* const hl[NT], const float* const d[NT],
+                const float* const s[NT], float* const y[NT], __mmask16 rows) {
+  constexpr int64_t kChunks = unit_chunks(T);
+  __m512 acc[NT];
+  for (auto& v : acc) v = _mm512_setzero_ps();
+  GroupChunk x;
+  for (int64_t j0 = 0; j0 < K / 32; j0 += kChunks, g += unit_bytes(T)) {
+    _mm_prefetch(reinterpret_cast<const char*>(g + 2048), _MM_HINT_T0);
+    for (int c = 0; c < kChunks; ++c) {
+      const int64_t j = j0 + c;
+      load_group_chunk<T>(g, c, x);
+      for (int t = 0; t < NT; ++t) {
+        const int32_t* h = hl[t] + 16 * j;
+        const __m512 dj = _mm512_set1_ps(d[t][j]);
+        if constexpr (kHalves<T>) {
+          acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(quad_dots<0, 4>(x.quad, h), x.a0), dj, acc[t]);
+          acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(quad_dots<4, 8>(x.quad, h), x.a1), dj, acc[t]);
+          acc[t] = _mm512_fmadd_ps(x.c0, _mm512_set1_ps(s[t][2 * j]), acc[t]);
+          acc[t] = _mm512_fmadd_ps(x.c1, _mm512_set1_ps(s[t][2 * j + 1]), acc[t]);
+        } else {
+          acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(quad_dots<0, 8>(x.quad, h), x.a0), dj, acc[t]);
+          acc[t] = _mm512_fmadd_ps(x.c0, _mm512_set1_ps(s[t][2 * j] + s[t][2 * j + 1]), acc[t]);
+        }
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y[t], rows, acc[t]);
+}
+
+template <DType T, int NT>
+void packed_rows_n(const uint8_t* w, int64_t group_bytes, int64_t g0, int64_t g1, int64_t N, int64_t K,
+                   const int32_t* hl, const float* d, const float* s, float* y, int64_t ldy) {
+  const int32_t* hp[NT];
+  const float *dp[NT], *sp[NT];
+  float* yp[NT];
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int t = 0; t < NT; ++t) {
+      hp[t] = hl + t * K / 2;
+      dp[t] = d + t * K / 32;
+      sp[t] = s + t * K / 16;
+      yp[t] = y + t * ldy + g * kGroup;
+    }
+    const int64_t n = std::min<int64_t>(kGroup, N - g * kGroup);
+    group_rows<T, NT>(w + g * group_bytes, K, hp, dp, sp, yp, __mmask16((1u << n) - 1u));
+  }
+}
+
+template <DType T>
+void packed_rows_t(const uint8_t* w, int64_t group_bytes, int64_t g0, int64_t g1, int64_t N, int64_t K,
+                   const int32_t* hl, const float* d, const float* s, int64_t M, float* y, int64_t ldy) {
+  switch (M) {
+    case 1: return packed_rows_n<T, 1>(w, group_bytes, g0, g1, N, K, hl, d, s, y, ldy);
+    case 2: return packed_rows_n<T, 2>(w, group_bytes, g0, g1, N, K, hl, d, s, y, ldy);
+    case 3: return packed_rows_n<T, 3>(w, group_bytes, g0, g1, N, K, hl, d, s, y, ldy);
+    default: throw ValueError("packed_rows: M must be 1, 2 or 3");
+  }
+}
+
+// The int16 panel of the prefill kernel, from a packed group: quad q widens to element pairs 2q, 2q + 1.
+template <DType T>
+void decode_packed_panel(const uint8_t* g, int64_t K, Panel& P) {
+  const int64_t nc = K / 32;
+  P.u.resize(size_t(nc * 256));
+  P.a.resize(size_t(nc * 32));
+  P.c.resize(size_t(nc * 32));
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  GroupChunk x;
+  for (int64_t j0 = 0; j0 < nc; j0 += unit_chunks(T), g += unit_bytes(T))
+    for (int c = 0; c < unit_chunks(T); ++c) {
+      const int64_t j = j0 + c;
+      load_group_chunk<T>(g, c, x);
+      for (int q = 0; q < 8; ++q) {
+        __m512i lo = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(x.quad[q]));      // rows 0-7
+        __m512i hi = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(x.quad[q], 1));  // rows 8-15
+        if constexpr (T == DType::q8_0) {  // back to the signed quants: the panel kernel has no q8_0 offset
+          lo = _mm512_sub_epi16(lo, _mm512_set1_epi16(128));
+          hi = _mm512_sub_epi16(hi, _mm512_set1_epi16(128));
+        }
+        _mm512_storeu_si512(P.u.data() + j * 256 + (2 * q) * kPanel, _mm512_permutex2var_epi32(lo, even, hi));
+        _mm512_storeu_si512(P.u.data() + j * 256 + (2 * q + 1) * kPanel, _mm512_permutex2var_epi32(lo, odd, hi));
+      }
+      _mm512_storeu_ps(P.a.data() + j * 32, x.a0);
+      _mm512_storeu_ps(P.a.data() + j * 32 + 16, x.a1);
+      _mm512_storeu_ps(P.c.data() + j * 32, x.c0);
+      _mm512_storeu_ps(P.c.data() + j * 32 + 16, x.c1);
+    }
+}
+
+template <DType T>
+void packed_gemm_t(const uint8_t* group, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
+  thread_local Panel P;
+  decode_packed_panel<T>(group, a.K, P);
+  panel_tiles<T>(P, n, a, y, ldy);
 }
 
 }  // namespace
@@ -559,6 +804,39 @@ void qgemm_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, co
     LB_QLINEAR_TYPES(LB_QGEMM_CASE)
 #undef LB_QGEMM_CASE
     default: throw TypeError(std::string("qgemm_rows: no kernel for ") + name(type));
+  }
+}
+
+void split_act(const int16_t* q, int64_t K, int32_t* hl) {
+  for (int64_t j = 0; j < K / 32; ++j) {
+    const __m512i v = _mm512_loadu_si512(q + 32 * j);
+    const __m512i h = _mm512_srai_epi16(_mm512_add_epi16(v, _mm512_set1_epi16(128)), 8);  // round(q / 256)
+    const __m512i l = _mm512_sub_epi16(v, _mm512_slli_epi16(h, 8));                      // in [-128, 127]
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(hl + 16 * j), _mm512_cvtepi16_epi8(h));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(hl + 16 * j + 8), _mm512_cvtepi16_epi8(l));
+  }
+}
+
+#define LB_PACKED_TYPES(X) X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q8_0) X(q4_k) X(q5_k) X(q6_k)
+
+void packed_rows(DType type, const uint8_t* w, int64_t group_bytes, int64_t g0, int64_t g1, int64_t N, int64_t K,
+                 const int32_t* hl, const float* d, const float* s, int64_t M, float* y, int64_t ldy) {
+  switch (type) {
+#define LB_PACKED_CASE(t) \
+  case DType::t: return packed_rows_t<DType::t>(w, group_bytes, g0, g1, N, K, hl, d, s, M, y, ldy);
+    LB_PACKED_TYPES(LB_PACKED_CASE)
+#undef LB_PACKED_CASE
+    default: throw TypeError(std::string("packed_rows: no kernel for ") + name(type));
+  }
+}
+
+void packed_gemm(DType type, const uint8_t* group, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
+  switch (type) {
+#define LB_PACKED_CASE(t) \
+  case DType::t: return packed_gemm_t<DType::t>(group, n, a, y, ldy);
+    LB_PACKED_TYPES(LB_PACKED_CASE)
+#undef LB_PACKED_CASE
+    default: throw TypeError(std::string("packed_gemm: no kernel for ") + name(type));
   }
 }
 
@@ -620,7 +898,7 @@ void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s) {
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-    const float dj = amax / 32767.f, id = amax > 0.f ? 32767.f / amax : 0.f;
+    const float dj = amax / 32639.f, id = amax > 0.f ? 32639.f / amax : 0.f;
     __m256i iv[4];
     for (int i = 0; i < 4; ++i) iv[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
     // packs works per 128-bit lane ([a0-3 b0-3 | a4-7 b4-7]): put the 64-bit quarters back in order
@@ -652,13 +930,13 @@ void quantize_act_ref(const float* x, int64_t K, int16_t* q, float* d, float* s)
   for (int64_t j = 0; j < K / 32; ++j) {
     float amax = 0.f;
     for (int l = 0; l < 32; ++l) amax = std::max(amax, std::fabs(x[32 * j + l]));
-    const float dj = amax / 32767.f, id = amax > 0.f ? 32767.f / amax : 0.f;
+    const float dj = amax / 32639.f, id = amax > 0.f ? 32639.f / amax : 0.f;
     d[j] = dj;
     for (int h = 0; h < 2; ++h) {
       int32_t sum = 0;
       for (int l = 16 * h; l < 16 * h + 16; ++l) {
         const int v = int(std::nearbyint(x[32 * j + l] * id));  // ties to even, as cvtps2dq
-        q[32 * j + l] = int16_t(std::clamp(v, -32767, 32767));
+        q[32 * j + l] = int16_t(std::clamp(v, -32639, 32639));
         sum += q[32 * j + l];
       }
       s[2 * j + h] = dj * float(sum);
@@ -777,6 +1055,298 @@ void qlinear_rows(const QuantizedRows& a, DType type, const std::byte* w, int64_
            a.s.data() + m * K / 16, y + m * N + n0);
     }
   });
+}
+
+
+// ---- packing (the layout is described at the top of this file) ------------------------------------
+
+bool packable(DType t) {
+  return qlinear_isa() == Isa::avx512 && kernels::unit_bytes(t) > 0;
+}
+
+namespace {
+
+using Quants = uint8_t[kernels::kGroup][32];  // u of one chunk for the 16 rows of a group
+
+void put_nibbles(uint8_t* dst, const Quants& u) {
+  for (int i = 0; i < 4; ++i)
+    for (int r = 0; r < 16; ++r)
+      for (int b = 0; b < 4; ++b)
+        dst[64 * i + 4 * r + b] = uint8_t((u[r][8 * i + b] & 15) | ((u[r][8 * i + 4 + b] & 15) << 4));
+}
+void put_fifth_bits(uint8_t* dst, const Quants& u) {
+  for (int q = 0; q < 8; ++q) {
+    uint64_t m = 0;
+    for (int r = 0; r < 16; ++r)
+      for (int b = 0; b < 4; ++b) m |= uint64_t((u[r][4 * q + b] >> 4) & 1) << (4 * r + b);
+    std::memcpy(dst + 8 * q, &m, 8);
+  }
+}
+void put_q6_high_bits(uint8_t* dst, const Quants& u) {
+  for (int m = 0; m < 2; ++m)
+    for (int r = 0; r < 16; ++r)
+      for (int b = 0; b < 4; ++b) {
+        uint8_t v = 0;
+        for (int t = 0; t < 4; ++t) v |= uint8_t(((u[r][4 * (4 * m + t) + b] >> 4) & 3) << (2 * t));
+        dst[64 * m + 4 * r + b] = v;
+      }
+}
+void put_bytes(uint8_t* dst, const Quants& u) {
+  for (int q = 0; q < 8; ++q)
+    for (int r = 0; r < 16; ++r)
+      for (int b = 0; b < 4; ++b) dst[64 * q + 4 * r + b] = u[r][4 * q + b];
+}
+
+template <class Block>
+const Block& block_of(const std::byte* w, int64_t row_bytes, int64_t r, int64_t i) {
+  return reinterpret_cast<const Block*>(w + r * row_bytes)[i];
+}
+
+// One group: rows [r0, r0 + n) of w into dst (group_bytes, zeroed; absent rows stay zero).
+void pack_group(DType t, const std::byte* w, int64_t row_bytes, int64_t r0, int64_t n, int64_t K, uint8_t* dst) {
+  const auto chunk = kernels::chunk_fn(t);
+  const int64_t units = K / 32 / kernels::unit_chunks(t);
+  Quants u{};
+  auto quants = [&](int64_t j) {
+    kernels::Chunk ch;
+    for (int64_t r = 0; r < n; ++r) {
+      chunk(w + (r0 + r) * row_bytes, j, ch);
+      std::memcpy(u[r], ch.u, 32);
+    }
+  };
+  auto f16s = [&](uint8_t* out, auto field) {  // 16 raw f16 values, one per row
+    for (int64_t r = 0; r < n; ++r) {
+      const uint16_t v = field(r0 + r);
+      std::memcpy(out + 2 * r, &v, 2);
+    }
+  };
+  for (int64_t i = 0; i < units; ++i, dst += kernels::unit_bytes(t)) {
+    switch (t) {
+      case DType::q4_0:
+      case DType::q5_0: {
+        if (t == DType::q4_0)
+          f16s(dst, [&](int64_t r) { return block_of<block_q4_0>(w, row_bytes, r, i).d; });
+        else
+          f16s(dst, [&](int64_t r) { return block_of<block_q5_0>(w, row_bytes, r, i).d; });
+        quants(i);
+        put_nibbles(dst + 32, u);
+        if (t == DType::q5_0) put_fifth_bits(dst + 32 + 256, u);
+        break;
+      }
+      case DType::q4_1:
+      case DType::q5_1: {
+        if (t == DType::q4_1) {
+          f16s(dst, [&](int64_t r) { return block_of<block_q4_1>(w, row_bytes, r, i).d; });
+          f16s(dst + 32, [&](int64_t r) { return block_of<block_q4_1>(w, row_bytes, r, i).m; });
+        } else {
+          f16s(dst, [&](int64_t r) { return block_of<block_q5_1>(w, row_bytes, r, i).d; });
+          f16s(dst + 32, [&](int64_t r) { return block_of<block_q5_1>(w, row_bytes, r, i).m; });
+        }
+        quants(i);
+        put_nibbles(dst + 64, u);
+        if (t == DType::q5_1) put_fifth_bits(dst + 64 + 256, u);
+        break;
+      }
+      case DType::q8_0:
+        f16s(dst, [&](int64_t r) { return block_of<block_q8_0>(w, row_bytes, r, i).d; });
+        quants(i);
+        put_bytes(dst + 32, u);
+        break;
+      case DType::q4_k:
+      case DType::q5_k: {
+        for (int64_t r = 0; r < n; ++r) {
+          const uint16_t* dd = reinterpret_cast<const uint16_t*>(w + (r0 + r) * row_bytes + i * traits(t).type_size);
+          const uint8_t* scales = reinterpret_cast<const uint8_t*>(dd + 2);  // d, dmin, scales[12] lead both blocks
+          std::memcpy(dst + 2 * r, dd, 2);
+          std::memcpy(dst + 32 + 2 * r, dd + 1, 2);
+          for (int c = 0; c < 8; ++c) scale_min_k4(c, scales, dst[64 + 16 * c + r], dst[192 + 16 * c + r]);
+        }
+        const int64_t plane = t == DType::q4_k ? 256 : 320;
+        for (int c = 0; c < 8; ++c) {
+          quants(8 * i + c);
+          put_nibbles(dst + 320 + plane * c, u);
+          if (t == DType::q5_k) put_fifth_bits(dst + 320 + plane * c + 256, u);
+        }
+        break;
+      }
+      case DType::q6_k: {
+        for (int64_t r = 0; r < n; ++r) {
+          const auto& b = block_of<block_q6_k>(w, row_bytes, r0 + r, i);
+          std::memcpy(dst + 2 * r, &b.d, 2);
+          for (int h = 0; h < 16; ++h) dst[32 + 16 * h + r] = uint8_t(b.scales[h]);
+        }
+        for (int c = 0; c < 8; ++c) {
+          quants(8 * i + c);
+          put_nibbles(dst + 288 + 384 * c, u);
+          put_q6_high_bits(dst + 288 + 384 * c + 256, u);
+        }
+        break;
+      }
+      default: throw TypeError(std::string("pack_weight: no packed layout for ") + name(t));
+    }
+  }
+}
+
+struct Registered {
+  std::weak_ptr<PackedWeight> packed;
+  DType type;
+  int64_t N, K, row_bytes;
+};
+struct Registry {
+  std::shared_mutex mu;
+  std::unordered_map<const void*, Registered> map;
+};
+Registry& registry() {
+  static Registry* r = new Registry;  // never destroyed: models may be freed during interpreter shutdown
+  return *r;
+}
+
+}  // namespace
+
+std::shared_ptr<PackedWeight> pack_weight(const Tensor& w) {
+  const DType t = w.dtype();
+  if (kernels::unit_bytes(t) == 0) throw TypeError(std::string("pack_weight: no packed layout for ") + name(t));
+  if (w.ndim() != 2 || w.strides()[1] != traits(t).type_size)
+    throw ValueError("pack_weight: expected a 2-D weight with contiguous rows, got shape " + shape_str(w.shape()));
+  auto p = std::make_shared<PackedWeight>();
+  p->type = t;
+  p->N = w.dim(0);
+  p->K = w.dim(1);
+  p->group_bytes = p->K / 32 / kernels::unit_chunks(t) * kernels::unit_bytes(t);
+  const int64_t groups = (p->N + kernels::kGroup - 1) / kernels::kGroup;
+  p->data.assign(size_t(groups * p->group_bytes), 0);
+  const auto* wb = static_cast<const std::byte*>(w.raw());
+  const int64_t row_bytes = w.strides()[0];
+  parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      pack_group(t, wb, row_bytes, g * kernels::kGroup, std::min<int64_t>(kernels::kGroup, p->N - g * kernels::kGroup),
+                 p->K, p->data.data() + g * p->group_bytes);
+  });
+  return p;
+}
+
+void register_packed(const Tensor& w, const std::shared_ptr<PackedWeight>& p) {
+  Registry& reg = registry();
+  std::unique_lock lock(reg.mu);
+  for (auto it = reg.map.begin(); it != reg.map.end();) it = it->second.packed.expired() ? reg.map.erase(it) : ++it;
+  reg.map[w.raw()] = {p, p->type, p->N, p->K, w.strides()[0]};
+}
+
+std::shared_ptr<const PackedWeight> find_packed(const Tensor& w) {
+  Registry& reg = registry();
+  std::shared_lock lock(reg.mu);
+  const auto it = reg.map.find(w.raw());
+  if (it == reg.map.end() || w.ndim() != 2) return nullptr;
+  const Registered& e = it->second;
+  if (e.type != w.dtype() || e.N != w.dim(0) || e.K != w.dim(1) || e.row_bytes != w.strides()[0]) return nullptr;
+  return e.packed.lock();
+}
+
+void packed_row_to_float(const PackedWeight& w, int64_t r, float* y) {
+  // The arithmetic of each type's dequantize_*_ref, in the same order, on quants read back from the planes.
+  const int lane = int(r % kernels::kGroup);
+  const uint8_t* u = w.data.data() + r / kernels::kGroup * w.group_bytes;
+  auto f16 = [&](const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p + 2 * lane, 2);
+    return f16_to_f32(h);
+  };
+  auto nib = [&](const uint8_t* p, int k) {  // element k of a chunk's nibble plane
+    const uint8_t b = p[64 * (k / 8) + 4 * lane + k % 4];
+    return k % 8 < 4 ? b & 15 : b >> 4;
+  };
+  auto fifth = [&](const uint8_t* p, int k) {
+    uint64_t m;
+    std::memcpy(&m, p + 8 * (k / 4), 8);
+    return int((m >> (4 * lane + k % 4)) & 1) << 4;
+  };
+  auto high2 = [&](const uint8_t* p, int k) {
+    const int q = k / 4;
+    return ((p[64 * (q / 4) + 4 * lane + k % 4] >> (2 * (q % 4))) & 3) << 4;
+  };
+  const int64_t units = w.K / 32 / kernels::unit_chunks(w.type);
+  for (int64_t i = 0; i < units; ++i, u += kernels::unit_bytes(w.type)) {
+    switch (w.type) {
+      case DType::q4_0:
+      case DType::q5_0: {
+        const float d = f16(u);
+        for (int k = 0; k < 32; ++k, ++y) {
+          const int v = w.type == DType::q4_0 ? nib(u + 32, k) - 8 : (nib(u + 32, k) | fifth(u + 288, k)) - 16;
+          *y = v * d;
+        }
+        break;
+      }
+      case DType::q4_1:
+      case DType::q5_1: {
+        const float d = f16(u), m = f16(u + 32);
+        for (int k = 0; k < 32; ++k, ++y) {
+          const int v = w.type == DType::q4_1 ? nib(u + 64, k) : nib(u + 64, k) | fifth(u + 320, k);
+          *y = v * d + m;
+        }
+        break;
+      }
+      case DType::q8_0: {
+        const float d = f16(u);
+        for (int k = 0; k < 32; ++k, ++y) *y = (int(u[32 + 64 * (k / 4) + 4 * lane + k % 4]) - 128) * d;
+        break;
+      }
+      case DType::q4_k:
+      case DType::q5_k: {
+        const float d = f16(u), dmin = f16(u + 32);
+        const int64_t plane = w.type == DType::q4_k ? 256 : 320;
+        for (int c = 0; c < 8; ++c) {
+          const float d1 = d * u[64 + 16 * c + lane], m1 = dmin * u[192 + 16 * c + lane];
+          const uint8_t* p = u + 320 + plane * c;
+          for (int k = 0; k < 32; ++k, ++y) {
+            const int v = w.type == DType::q4_k ? nib(p, k) : nib(p, k) + fifth(p + 256, k);
+            *y = d1 * v - m1;
+          }
+        }
+        break;
+      }
+      case DType::q6_k: {
+        const float d = f16(u);
+        for (int c = 0; c < 8; ++c) {
+          const uint8_t* p = u + 288 + 384 * c;
+          for (int k = 0; k < 32; ++k, ++y) {
+            const int8_t sc = int8_t(u[32 + 16 * (2 * c + k / 16) + lane]);
+            *y = d * sc * ((nib(p, k) | high2(p + 256, k)) - 32);
+          }
+        }
+        break;
+      }
+      default: throw TypeError(std::string("packed_row_to_float: no packed layout for ") + name(w.type));
+    }
+  }
+}
+
+void qlinear_packed(const QuantizedRows& a, const PackedWeight& w, float* y) {
+#ifdef LB_HAVE_avx512
+  const int64_t K = a.K, N = w.N, groups = (N + kernels::kGroup - 1) / kernels::kGroup;
+  if (K != w.K) throw ValueError("qlinear_packed: activations have K = " + std::to_string(K) + ", weights " +
+                                 std::to_string(w.K));
+  if (a.M < 4) {
+    Buffer<int32_t> hl(size_t(a.M * K / 2));
+    for (int64_t m = 0; m < a.M; ++m) kernels::avx512::split_act(a.q.data() + m * K, K, hl.data() + m * K / 2);
+    // Groups of a few rows per task: small enough to balance, large enough to amortize the task.
+    const int64_t grain = std::max<int64_t>(1, (int64_t(64) << 10) / w.group_bytes);
+    parallel_for(groups, grain, [&](int64_t g0, int64_t g1) {
+      kernels::avx512::packed_rows(w.type, w.data.data(), w.group_bytes, g0, g1, N, K, hl.data(), a.d.data(),
+                                   a.s.data(), a.M, y, N);
+    });
+    return;
+  }
+  const auto packed = kernels::avx512::pack_tokens(a.q.data(), a.d.data(), a.s.data(), a.M, K);
+  parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g)
+      kernels::avx512::packed_gemm(w.type, w.data.data() + g * w.group_bytes,
+                                   std::min<int64_t>(kernels::kGroup, N - g * kernels::kGroup), packed,
+                                   y + g * kernels::kGroup, N);
+  });
+#else
+  (void)a, (void)w, (void)y;
+  throw TypeError("qlinear_packed: this build has no avx512 kernels");
+#endif
 }
 
 }  // namespace lb::ops

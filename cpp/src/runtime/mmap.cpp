@@ -6,11 +6,39 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "lmblocks/error.h"
 #include "lmblocks/tensor.h"
 
 namespace lb {
+namespace {
+
+// Live mappings by start address -> end, so release_mapped_pages only ever touches file pages.
+struct Mappings {
+  std::mutex mu;
+  std::map<const std::byte*, const std::byte*> live;
+};
+Mappings& mappings() {
+  static Mappings* m = new Mappings;  // never destroyed: files may be unmapped during interpreter shutdown
+  return *m;
+}
+
+}  // namespace
+
+void release_mapped_pages(const void* p, int64_t n) {
+  const auto* b = static_cast<const std::byte*>(p);
+  Mappings& m = mappings();
+  std::lock_guard<std::mutex> lock(m.mu);
+  auto it = m.live.upper_bound(b);
+  if (it == m.live.begin() || n <= 0) return;
+  --it;
+  if (b + n > it->second) return;
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (uintptr_t(b) + page - 1) / page * page, hi = uintptr_t(b + n) / page * page;
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
 
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -36,6 +64,8 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
       throw IOError(path + ": mmap failed: " + std::strerror(e));
     }
     f->data_ = static_cast<std::byte*>(p);
+    std::lock_guard<std::mutex> lock(mappings().mu);
+    mappings().live[f->data_] = f->data_ + f->size_;
   }
   ::close(fd);  // the mapping keeps the file alive
   f->self_ = f;
@@ -43,7 +73,12 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
 }
 
 MappedFile::~MappedFile() {
-  if (data_) ::munmap(data_, size_t(size_));
+  if (!data_) return;
+  {
+    std::lock_guard<std::mutex> lock(mappings().mu);
+    mappings().live.erase(data_);
+  }
+  ::munmap(data_, size_t(size_));
 }
 
 Tensor MappedFile::tensor(int64_t offset, const Shape& shape, DType dtype) const {
