@@ -27,7 +27,7 @@ demo: install
 
 # The whole suite on the best instruction set, then the kernel tests again with each lower path
 # forced through LMBLOCKS_ISA, as a user would force it.
-test: install
+test: install llamacpp
 	$(PY) -m pytest -q
 	@for isa in $$($(PY) -c "import lmblocks as lb; i = lb.cpu_info(); print(*[a for a in i['available_isas'] if a != i['best_isa']])"); do \
 		echo "== kernel tests with LMBLOCKS_ISA=$$isa"; \

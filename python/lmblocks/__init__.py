@@ -41,6 +41,7 @@ from ._core.text import StringTable  # noqa: E402
 from . import models  # noqa: E402
 from .model import Model, load  # noqa: E402
 from .quant import dequantize, quantize  # noqa: E402
+from .convert import quantize_model  # noqa: E402
 from .io.detect import inspect  # noqa: E402
 
 if _core.__version__ != __version__:
@@ -73,6 +74,6 @@ def from_file(path, offset: int, shape, dtype) -> Tensor:
 
 __all__ = [
     "__version__", "Tensor", "MappedFile", "asarray", "empty", "zeros", "from_file", "dtype_info", "dtypes",
-    "set_num_threads", "get_num_threads", "set_isa", "get_isa", "set_activation_quantization", "get_activation_quantization", "cpu_info", "ops", "io", "tokenize", "sampling", "dequantize", "quantize", "inspect",
+    "set_num_threads", "get_num_threads", "set_isa", "get_isa", "set_activation_quantization", "get_activation_quantization", "cpu_info", "ops", "io", "tokenize", "sampling", "dequantize", "quantize", "quantize_model", "inspect",
     "nn", "models", "Model", "load", "StringTable",
 ]

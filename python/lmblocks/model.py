@@ -40,7 +40,8 @@ def _progress(verbose: bool, desc: str):
 
 class Model:
     """A decoder ready to run: the native ``lm`` (:class:`lmblocks.nn.CausalLM`), its ``args``, ``tokenizer``
-    and ``chat_template`` (or None), the end-of-generation ids ``eos_ids`` and the context length ``n_ctx``."""
+    and ``chat_template`` (or None), the end-of-generation ids ``eos_ids`` and the context length ``n_ctx``;
+    ``quantization`` says what :func:`lmblocks.quantize_model` did to make it (None for a loaded model)."""
 
     def __init__(self, lm, args, tokenizer, chat_template, *, eos_ids, n_ctx: int, kv_dtype: str, path: str,
                  converted_bytes: int, mapped_bytes: int):
@@ -55,6 +56,12 @@ class Model:
         self._converted = converted_bytes
         self._mapped = mapped_bytes
         self._cache_bytes = 0
+        # What lmblocks.convert needs to re-read or save the source: its file's identity, the tokenizer
+        # load() was given, and the tensors that replace the file's (by file name), e.g. quantized ones.
+        self._source_id = _file_id(path)
+        self._tokenizer_arg = None
+        self._replaced: dict = {}
+        self.quantization: dict | None = None  # set by lb.quantize_model: types and fallbacks
 
     def __repr__(self) -> str:
         a = self.args
@@ -212,6 +219,27 @@ class Model:
             if tail:
                 yield tail
 
+    # ---- saving ------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model as a GGUF v3 file that llama.cpp and :func:`load` read.
+
+        For a model loaded from a GGUF file: every metadata key/value of the source (tokenizer, chat
+        template ...) in its order, ``general.file_type`` set to the most common weight type when
+        tensors were replaced (see :func:`lmblocks.quantize_model`), and the tensors in the source's
+        order with their current types and data, aligned as the source (``general.alignment``, else
+        32 bytes). Tensors are written one at a time; the file appears at ``path`` only once complete,
+        so saving over the source itself is safe. Models loaded from Hugging Face folders or llama2.c
+        files raise NotImplementedError (only GGUF sources can be saved so far).
+
+        >>> import lmblocks as lb
+        >>> q = lb.quantize_model(lb.load("SmolLM2-135M-Instruct.Q4_1.gguf"), "q4_k")   # doctest: +SKIP
+        >>> q.save("SmolLM2-135M-Instruct.Q4_K.gguf")                                    # doctest: +SKIP
+        """
+        from .convert import save_gguf
+
+        save_gguf(self, path)
+
     # ---- looking inside ----------------------------------------------------------------------------
 
     def memory(self) -> dict:
@@ -240,16 +268,23 @@ def load(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
     >>> model.tokenizer.encode("Hello")                                      # doctest: +SKIP
     [19556]
     """
+    return _load(path, tokenizer, n_ctx, kv_dtype, verbose)
+
+
+def _load(path, tokenizer, n_ctx, kv_dtype, verbose, replaced: dict | None = None) -> Model:
+    """:func:`load`, with ``replaced`` tensors (by their name in the file) used instead of the file's."""
     path = os.fsdecode(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
     reader = open_checkpoint(path)
+    replaced = dict(replaced or {})
+    get = (lambda n: replaced[n] if n in replaced else reader.tensor(n)) if replaced else reader.tensor
     if isinstance(reader, GGUFFile):
-        spec = _from_gguf(reader, path)
+        spec = _from_gguf(reader, path, get)
     elif isinstance(reader, Llama2cFile):
-        spec = _from_llama2c(reader, path, tokenizer)
+        spec = _from_llama2c(reader, path, tokenizer, get)
     else:
-        spec = _from_hf(reader, path)
+        spec = _from_hf(reader, path, get)
     module, config, weights, tok, template, eos = spec
     if tokenizer is not None and not isinstance(reader, Llama2cFile):
         tok = _tokenizer_file(tokenizer, config["vocab_size"])
@@ -260,7 +295,7 @@ def load(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
     lm = module.build(args, weights, _progress(verbose, f"loading {os.path.basename(os.path.normpath(path))}"))
     unused = [n for n in weights.unused() if not n.endswith("rotary_emb.inv_freq")]
     if unused:
-        warnings.warn(f"{path}: {len(unused)} tensors were not used, e.g. {unused[:3]}", stacklevel=2)
+        warnings.warn(f"{path}: {len(unused)} tensors were not used, e.g. {unused[:3]}", stacklevel=3)
     ctx = args.max_position_embeddings if n_ctx is None else n_ctx
     if isinstance(ctx, bool) or not isinstance(ctx, int) or not 0 < ctx <= 1 << 40:
         raise ValueError(f"n_ctx must be a positive integer up to 2^40, got {n_ctx!r}")
@@ -269,8 +304,20 @@ def load(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
     if tok is not None:
         eos = set(eos) | set(tok.eog_ids)
     # The readers (and a GGUF's parsed metadata) go now: every tensor keeps its file mapped by itself.
-    return Model(lm, args, tok, template, eos_ids=eos, n_ctx=ctx, kv_dtype=kv_dtype, path=path,
-                 converted_bytes=weights.converted_bytes, mapped_bytes=weights.mapped_bytes)
+    model = Model(lm, args, tok, template, eos_ids=eos, n_ctx=ctx, kv_dtype=kv_dtype, path=path,
+                  converted_bytes=weights.converted_bytes, mapped_bytes=weights.mapped_bytes)
+    model._tokenizer_arg = tokenizer
+    model._replaced = replaced
+    return model
+
+
+def _file_id(path: str):
+    """What tells whether ``path`` is still the file a model was loaded from (None for a folder)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return None if os.path.isdir(path) else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class _Source(models.Weights):
@@ -287,7 +334,7 @@ class _Source(models.Weights):
         t = self._raw(name)
         if self._transform is not None:
             t = self._transform(name, t)
-        if isinstance(t, np.ndarray):
+        if isinstance(t, np.ndarray) or not t.readonly:  # file tensors are read-only maps
             self.converted_bytes += t.nbytes
         else:
             self.mapped_bytes += t.nbytes
@@ -298,7 +345,7 @@ def _text(v):
     return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v
 
 
-def _from_gguf(reader: GGUFFile, path: str):
+def _from_gguf(reader: GGUFFile, path: str, get):
     from .tokenize import ChatTemplate, from_gguf_metadata
 
     arch = reader.architecture
@@ -319,7 +366,7 @@ def _from_gguf(reader: GGUFFile, path: str):
         if hf is not None:
             hf_to_gguf[hf] = name
     transform = getattr(module, "gguf_tensor", None)
-    weights = _Source(lambda n: reader.tensor(hf_to_gguf[n]), hf_to_gguf, path, transform,
+    weights = _Source(lambda n: get(hf_to_gguf[n]), hf_to_gguf, path, transform,
                       label=lambda n: f"'{hf_to_gguf[n]}' (read as '{n}')" if n in hf_to_gguf else repr(n))
     tok = template = None
     if "tokenizer.ggml.model" in md:
@@ -341,7 +388,7 @@ def _json_object(path: Path) -> dict:
     return data
 
 
-def _from_hf(reader: SafetensorsCheckpoint, path: str):
+def _from_hf(reader: SafetensorsCheckpoint, path: str, get):
     from .tokenize import ChatTemplate, from_tokenizer_json
 
     folder = Path(path if os.path.isdir(path) else os.path.dirname(path))
@@ -359,7 +406,7 @@ def _from_hf(reader: SafetensorsCheckpoint, path: str):
     if module is None:
         raise FormatError(f"{cfg_path}: model_type {mt!r} is not supported; supported: "
                           f"{', '.join(sorted(models.BY_MODEL_TYPE))}")
-    weights = _Source(reader.tensor, reader.tensors, path)
+    weights = _Source(get, reader.tensors, path)
     tok = template = None
     if (folder / "tokenizer.json").is_file():
         tok = from_tokenizer_json(folder / "tokenizer.json")
@@ -394,7 +441,7 @@ def _tokenizer_file(path, vocab_size):
     return from_llama2c(path, vocab_size)
 
 
-def _from_llama2c(reader: Llama2cFile, path: str, tokenizer):
+def _from_llama2c(reader: Llama2cFile, path: str, tokenizer, get):
     config = dict(reader.config)
     V = config["vocab_size"]
     if tokenizer is None:
@@ -404,5 +451,5 @@ def _from_llama2c(reader: Llama2cFile, path: str, tokenizer):
                 tokenizer = os.path.join(folder, cand)
                 break
     tok = _tokenizer_file(tokenizer, V) if tokenizer is not None else None
-    weights = _Source(reader.tensor, reader.tensors, path)
+    weights = _Source(get, reader.tensors, path)
     return models.BY_MODEL_TYPE["llama"], config, weights, tok, None, set()
