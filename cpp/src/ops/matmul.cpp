@@ -220,7 +220,7 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Ten
     const auto* wb = static_cast<const std::byte*>(w_in.raw());
     if (half)
       half_linear_rows(xr.data<float>(), M, K, ldx, w_in.dtype(), wb, w_in.strides()[0], N, dst);
-    else if (const auto packed = find_packed(w_in))  // repacked at load (CausalLM)
+    else if (const auto packed = packable(w_in.dtype()) ? find_packed(w_in) : nullptr)  // repacked at load
       qlinear_packed(quantize_rows(xr.data<float>(), M, K, ldx), *packed, dst);
     else
       qlinear_rows(quantize_rows(xr.data<float>(), M, K, ldx), w_in.dtype(), wb, w_in.strides()[0], N, dst);
