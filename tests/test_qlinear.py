@@ -74,24 +74,43 @@ def test_reference_path_switch(rng):
         lb.set_activation_quantization(True)
 
 
+def _half_weights(rng, dtype, N, K):
+    w32 = rng.standard_normal((N, K), dtype=np.float32)
+    if dtype == "f16":
+        return lb.asarray(w32.astype(np.float16)), w32.astype(np.float16).astype(np.float64)
+    bits = (w32.view(np.uint32) >> 16).astype(np.uint16)  # truncation: any bf16 values will do
+    w = lb.empty(N, K, dtype="bf16")
+    np.asarray(w).view(np.uint16)[...] = bits
+    return w, (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
 @pytest.mark.parametrize("M,N,K", [(1, 1, 1), (1, 67, 100), (3, 130, 576), (2, 9, 33)])
 def test_half_weights_decode_path(rng, dtype, M, N, K):
     """f16/bf16 weights against a few rows of x: widened in registers, f32 accumulation."""
-    w32 = rng.standard_normal((N, K), dtype=np.float32)
-    if dtype == "f16":
-        w = lb.asarray(w32.astype(np.float16))
-        w64 = w32.astype(np.float16).astype(np.float64)
-    else:
-        bits = (w32.view(np.uint32) >> 16).astype(np.uint16)  # truncation: any bf16 values will do
-        w = lb.empty(N, K, dtype="bf16")
-        np.asarray(w).view(np.uint16)[...] = bits
-        w64 = (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    w, w64 = _half_weights(rng, dtype, N, K)
     x = rng.standard_normal((M, K), dtype=np.float32)
     b = rng.standard_normal(N, dtype=np.float32)
     want = x.astype(np.float64) @ w64.T + b
     got = np.asarray(lb.ops.linear(x, w, b), np.float64)
     assert np.all(np.abs(got - want) <= 1e-5 * (np.abs(x) @ np.abs(w64).T + np.abs(b)) + 1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+@pytest.mark.parametrize("M,N,K", [(4, 16, 32), (13, 37, 96), (27, 130, 576)])
+def test_half_weights_prefill_path(rng, dtype, M, N, K):
+    """Many rows of x against f16/bf16 weights: with the avx512 kernels each 32-weight chunk is rounded to
+    12-bit integers on its own scale, adding at most sum_k |x_k| max|w_chunk(k)| / 4094 to the activations'
+    bound (and nothing where the int16 path does not run)."""
+    w, w64 = _half_weights(rng, dtype, N, K)
+    x = rng.standard_normal((M, K), dtype=np.float32) * rng.uniform(0.1, 10, (M, 1)).astype(np.float32)
+    x[0, :3] *= 25
+    want = x.astype(np.float64) @ w64.T
+    got = np.asarray(lb.ops.linear(x, w), np.float64)
+    wmax = np.repeat(np.abs(w64).reshape(N, -1, 32).max(-1), 32, axis=1)  # (N, K): max|w| of each chunk
+    bound = quantization_bound(x, w64) + (np.abs(x).astype(np.float64) @ wmax.T) / 4094.0
+    slack = 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(w64).T)
+    assert np.all(np.abs(got - want) <= bound + slack)
 
 
 PACKED = [c for c in CASES if c[0] not in ("q2_k", "q3_k")]

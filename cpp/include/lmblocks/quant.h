@@ -34,8 +34,9 @@ struct QuantizedRows {
   Buffer<float> d, s;
 };
 
-// Whether x (M rows) @ W^T with W of type t takes the quantized path on this CPU: always with
-// AVX-512 VNNI, for M < 4 (decode) with AVX2; otherwise ops::linear dequantizes panels for sgemm.
+// Whether x (M rows) @ W^T with W of type t takes the quantized path on this CPU: ggml blocks always
+// with AVX-512 VNNI, for M < 4 (decode) with AVX2; f16/bf16 for M >= 4 with AVX-512 VNNI (chunks
+// rounded to 12-bit integers); otherwise ops::linear dequantizes panels for sgemm.
 bool qlinear_fast(DType t, int64_t M);
 // x: M rows of K floats, `ld` apart; K % 32 == 0. `reference` forces the scalar kernels.
 QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bool reference = false);

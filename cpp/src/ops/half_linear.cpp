@@ -1,6 +1,6 @@
 // Matrix-vector products on f16/bf16 weights: y[r] = dot(W[r], x) with x in f32, each weight row widened
 // in registers as it streams by. Decode (few rows of x) reads f16/bf16 checkpoints at memory speed this
-// way; many rows of x (prefill) keep converting panels for sgemm (ops::linear).
+// way; many rows of x (prefill) go to the int16 panel kernel with avx512 (qlinear.cpp), else to sgemm.
 #include "ops/kernel.h"
 
 // t: f16 or bf16; W: n rows of K halves, `row_bytes` apart.
@@ -21,6 +21,7 @@ void rows(const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const flo
     V a0 = set1(0.f), a1 = set1(0.f);
     int64_t k = 0;
     for (; k + 2 * W <= K; k += 2 * W) {
+      __builtin_prefetch(p + k + 4096);  // 8 KiB ahead, into the next rows: one thread then reads at DRAM speed
       a0 = fma(widen(p + k), load(x + k), a0);
       a1 = fma(widen(p + k + W), load(x + k + W), a1);
     }
@@ -54,7 +55,7 @@ void half_dot_rows_ref(DType t, const std::byte* w, int64_t row_bytes, int64_t n
 #include "ops/common.h"
 
 namespace lb::ops {
-LB_REGISTER_FAMILY(half_linear, true, "f16/bf16 weights x f32 activations (decode); prefill uses sgemm");
+LB_REGISTER_FAMILY(half_linear, true, "f16/bf16 weights x f32 activations (decode)");
 
 void half_linear_rows(const float* x, int64_t M, int64_t K, int64_t ldx, DType t, const std::byte* w,
                       int64_t row_bytes, int64_t N, float* y) {

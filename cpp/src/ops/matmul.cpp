@@ -208,10 +208,11 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Ten
   const float beta = bias_in.defined() ? 1.f : 0.f;
 
   // Weights read as stored: f16/bf16 rows widened in registers against a few rows of x (decode), ggml
-  // blocks against int16-quantized activations. The product lands in y, or beside it and then onto the
+  // blocks (repacked at load, or as in the file) and f16/bf16 prefill against int16-quantized activations. The product lands in y, or beside it and then onto the
   // bias rows already there.
   const bool half = (w_in.dtype() == DType::f16 || w_in.dtype() == DType::bf16) && M < 4 && w_in.strides()[1] == 2;
-  const bool blocks = activation_quantization() && qlinear_fast(w_in.dtype(), M) && K % 32 == 0;
+  const bool blocks = activation_quantization() && qlinear_fast(w_in.dtype(), M) && K % 32 == 0 &&
+                      (is_quantized(w_in.dtype()) || w_in.strides()[1] == 2);  // f16/bf16 prefill: rows whole
   if (half || blocks) {
     const Tensor xr = mx.trans ? detail::f32_contiguous(xv, op, "x") : x;  // rows of K contiguous floats
     const int64_t ldx = mx.trans ? K : mx.ld;

@@ -229,6 +229,11 @@ using ChunkFn = void (*)(const std::byte*, int64_t, Chunk&);
 template <DType T>
 constexpr bool kHalves = T == DType::q6_k || T == DType::q2_k || T == DType::q3_k;
 
+// Types whose chunks have an offset term c (q8_0's panel holds its signed quants; f16/bf16 panels are
+// symmetric int16 too).
+template <DType T>
+constexpr bool kOffset = T != DType::q8_0 && T != DType::f16 && T != DType::bf16;
+
 // Every weight type with a chunk decoder, for the per-ISA switches.
 #define LB_QLINEAR_TYPES(X) X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q8_0) X(q2_k) X(q3_k) X(q4_k) X(q5_k) X(q6_k)
 
@@ -557,7 +562,7 @@ void panel_tiles(const Panel& P, int64_t n, const PackedTokens& a, float* y, int
   const int64_t nc = a.K / 32;
   for (int64_t tile = 0; tile * kTokens < a.M; ++tile) {
     const int mt = int(std::min<int64_t>(kTokens, a.M - tile * kTokens));
-    panel_tile<kTokens, kHalves<T>, T != DType::q8_0>(P, nc, a.q.data() + tile * nc * 16 * kTokens,
+    panel_tile<kTokens, kHalves<T>, kOffset<T>>(P, nc, a.q.data() + tile * nc * 16 * kTokens,
                                                       a.d.data() + tile * nc * kTokens, a.s.data() + tile * nc * 2 * kTokens,
                                                       y + tile * kTokens * ldy, ldy, mt, rows);
   }
@@ -567,6 +572,40 @@ template <DType T>
 void gemm(const std::byte* w, int64_t row_bytes, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
   thread_local Panel P;
   decode_panel<T>(w, row_bytes, n, a.K, P);
+  panel_tiles<T>(P, n, a, y, ldy);
+}
+
+// f16/bf16 rows for prefill: each 32-element chunk rounded to 12-bit integers on its own scale
+// (max|w| / 2047: an error of at most 1/4094 of the chunk's largest weight, finer than f16's own
+// spacing near that weight), so halves run the int16 panel kernel at twice the f32 FMA rate instead of
+// widening to f32 for sgemm. 12 bits, not 16: 32 products of 2047 x 32639 are the most an int32 lane holds.
+template <DType T>
+void half_gemm(const std::byte* w, int64_t row_bytes, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
+  thread_local Panel P;
+  const int64_t K = a.K, nc = K / 32;
+  P.u.assign(size_t(nc * 256), 0);
+  P.a.assign(size_t(nc * 32), 0.f);
+  P.c.assign(size_t(nc * 32), 0.f);
+  const __m512i at0 = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                         _mm512_set1_epi32(kPanel));
+  auto widen = [](const uint16_t* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (T == DType::f16) return _mm512_cvtph_ps(h);
+    else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  };
+  for (int64_t r = 0; r < n; ++r) {
+    const auto* row = reinterpret_cast<const uint16_t*>(w + r * row_bytes);
+    const __m512i at = _mm512_add_epi32(at0, _mm512_set1_epi32(int(r)));
+    for (int64_t j = 0; j < nc; ++j) {
+      const __m512 v0 = widen(row + 32 * j), v1 = widen(row + 32 * j + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+      const __m512 id = _mm512_set1_ps(amax > 0.f ? 2047.f / amax : 0.f);
+      const __m256i q0 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)));
+      const __m256i q1 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
+      _mm512_i32scatter_epi32(P.u.data() + j * 256, at, _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), 4);
+      P.a[size_t(j * 32 + r)] = P.a[size_t(j * 32 + 16 + r)] = amax / 2047.f;
+    }
+  }
   panel_tiles<T>(P, n, a, y, ldy);
 }
 
@@ -807,6 +846,8 @@ void qgemm_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, co
   case DType::t: return gemm<DType::t>(w, row_bytes, n, a, y, ldy);
     LB_QLINEAR_TYPES(LB_QGEMM_CASE)
 #undef LB_QGEMM_CASE
+    case DType::f16: return half_gemm<DType::f16>(w, row_bytes, n, a, y, ldy);
+    case DType::bf16: return half_gemm<DType::bf16>(w, row_bytes, n, a, y, ldy);
     default: throw TypeError(std::string("qgemm_rows: no kernel for ") + name(type));
   }
 }
@@ -1013,6 +1054,7 @@ std::pair<QuantizeFn, QdotFn> kernels_for(bool reference) {
 
 bool qlinear_fast(DType t, int64_t M) {
   const Isa isa = qlinear_isa();
+  if (t == DType::f16 || t == DType::bf16) return isa == Isa::avx512 && M >= 4;  // prefill; decode: half_linear
   return kernels::chunk_fn(t) != nullptr && (isa == Isa::avx512 || (isa == Isa::avx2 && M < 4));
 }
 
@@ -1033,7 +1075,9 @@ QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bo
 
 void qlinear_rows(const QuantizedRows& a, DType type, const std::byte* w, int64_t row_bytes, int64_t N, float* y,
                   bool reference) {
-  if (!kernels::chunk_fn(type)) throw TypeError(std::string("qlinear: no kernel for ") + name(type));
+  const bool half = type == DType::f16 || type == DType::bf16;
+  if (!kernels::chunk_fn(type) && !(half && !reference && qlinear_isa() == Isa::avx512 && a.M >= 4))
+    throw TypeError(std::string("qlinear: no kernel for ") + name(type));
   const QdotFn fn = kernels_for(reference).second;
   const int64_t K = a.K;
 #ifdef LB_HAVE_avx512
