@@ -121,6 +121,16 @@ void bind_ops(py::module_ m) {
     Tensor tm = to_tensor_opt(mask, "attention", "mask"), to = out_tensor(out, "attention");
     return run(q, out, [&] { return ops::attention(tq, tk, tv, tm, cfg, to); });
   });
+  m.def("attention_cache", [](py::object q, py::object k, py::object v, int64_t pos, int64_t window, float scale,
+                              float softcap, py::object out) {
+    ops::Attention cfg;
+    cfg.window = window;
+    cfg.scale = scale;
+    cfg.softcap = softcap;
+    Tensor tq = to_tensor(q, "attention_cache", "q"), tk = to_tensor(k, "attention_cache", "k");
+    Tensor tv = to_tensor(v, "attention_cache", "v"), to = out_tensor(out, "attention_cache");
+    return run(q, out, [&] { return ops::attention_cache(tq, tk, tv, pos, cfg, to); });
+  });
 }
 
 }  // namespace lb::py_bind

@@ -23,7 +23,7 @@ _ops = _core.ops
 
 __all__ = [
     "matmul", "linear", "rms_norm", "layer_norm", "softmax", "silu", "gelu", "swiglu", "geglu",
-    "rope", "rope_inv_freq", "embedding", "add", "mul", "attention",
+    "rope", "rope_inv_freq", "embedding", "add", "mul", "attention", "attention_cache",
 ]
 
 
@@ -221,9 +221,10 @@ def mul(a, b, *, out=None):
 
 
 def attention(q, k, v, *, causal=True, window=None, mask=None, scale=None, softcap=None, out=None):
-    """Reference scaled dot-product attention with grouped heads.
+    """Scaled dot-product attention with grouped heads, tiled with an online softmax (no (T, S) matrix).
 
-    q: (T, H, hd) or (B, T, H, hd); k: (S, Hkv, hd); v: (S, Hkv, hdv) (with the same leading B).
+    q: (T, H, hd) or (B, T, H, hd); k: (S, Hkv, hd); v: (S, Hkv, hdv) (with the same leading B);
+    float16 k and v are read as stored.
     H must be a multiple of Hkv: query head h reads kv head ``h // (H // Hkv)`` (GQA; Hkv=1 is MQA).
     Query t sits at position ``S - T + t``, so S > T is decoding against a cache.
 
@@ -243,3 +244,21 @@ def attention(q, k, v, *, causal=True, window=None, mask=None, scale=None, softc
     """
     return _ops.attention(q, k, v, bool(causal), int(window or 0), mask, float(scale or 0.0),
                           float(softcap or 0.0), out)
+
+
+def attention_cache(q, k, v, pos, *, window=None, scale=None, softcap=None, out=None):
+    """Causal attention of T queries over one sequence's KV cache, kept as the engine keeps it.
+
+    q: (T, H, hd), the queries at positions ``pos .. pos + T - 1``. k: (Hkv, C, hd), v: (Hkv, C, hdv),
+    float32 or float16 (read as stored): rings holding positions ``0 .. pos + T - 1``, position j in
+    row ``j % C`` (``nn.KVCache.layer(i)`` gives them as (S, Hkv, C, hd); pass one sequence's slice).
+    C must hold every key the queries see. ``window``, ``scale`` and ``softcap`` as in `attention`.
+    Returns (T, H, hdv) float32, equal to ``attention(q, keys, values, window=window, ...)`` over the
+    unrolled keys.
+
+    >>> import numpy as np, lmblocks as lb
+    >>> k = np.zeros((1, 2, 4), np.float16); v = np.array([[[5.0], [1.0]]], np.float16)  # ring of C=2
+    >>> lb.ops.attention_cache(np.ones((1, 1, 4), np.float32), k, v, pos=2, window=2)[:, 0, 0]  # keys 1, 2
+    array([3.], dtype=float32)
+    """
+    return _ops.attention_cache(q, k, v, int(pos), int(window or 0), float(scale or 0.0), float(softcap or 0.0), out)

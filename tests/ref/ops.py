@@ -219,3 +219,13 @@ def attention(q, k, v, *, causal=True, window=None, mask=None, scale=None, softc
     w = np.where(seen, e / np.where(seen, e.sum(-1, keepdims=True), 1.0), 0.0)
     out = np.einsum("bhts,bshd->bthd", w, v)
     return out[0] if squeeze else out
+
+
+def attention_cache(q, k, v, pos, *, window=None, scale=None, softcap=None):
+    """Causal `attention` of q (T, H, hd) at positions ``pos ..`` over rings k (Hkv, C, hd), v (Hkv, C, hdv)
+    holding position j in row ``j % C``: the keys the queries see, unrolled in position order."""
+    T, C = q.shape[0], k.shape[1]
+    lo = max(0, pos - window + 1) if window else 0
+    rows = np.arange(lo, pos + T) % C
+    keys, values = np.swapaxes(f64(k)[:, rows], 0, 1), np.swapaxes(f64(v)[:, rows], 0, 1)  # (S, Hkv, hd)
+    return attention(q, keys, values, window=window, scale=scale, softcap=softcap)

@@ -51,8 +51,8 @@ Tensor embedding(const Tensor& ids, const Tensor& table, Tensor out = {});
 Tensor add(const Tensor& a, const Tensor& b, Tensor out = {});
 Tensor mul(const Tensor& a, const Tensor& b, Tensor out = {});
 
-// Reference attention. q (T, H, hd) or (B, T, H, hd); k (S, Hkv, hd); v (S, Hkv, hdv); H % Hkv == 0
-// (GQA/MQA: query head h reads kv head h / (H / Hkv)). Query t sits at position S - T + t, so S > T
+// Scaled dot-product attention. q (T, H, hd) or (B, T, H, hd); k (S, Hkv, hd); v (S, Hkv, hdv); H % Hkv == 0
+// (GQA/MQA: query head h reads kv head h / (H / Hkv)); f16 k and v are read as stored. Query t sits at position S - T + t, so S > T
 // is decode against a cache. Causal: keys j <= that position; window w > 0: also position - j < w
 // (not causal: |position - j| < w, a symmetric window).
 // mask: additive f32 broadcastable to (B, H, T, S). softcap c > 0: scores = c * tanh(scores / c).
@@ -65,6 +65,12 @@ struct Attention {
 };
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, const Attention& cfg,
                  Tensor out = {});
+// Causal attention of T queries over one sequence's KV cache, as the engine keeps it. q (T, H, hd) at
+// positions pos .. pos + T - 1; k (Hkv, C, hd), v (Hkv, C, hdv), f32 or f16 (read as stored): rings
+// holding positions [0, pos + T), position j in row j % C, so C must cover the keys the queries see
+// (pos + T, or T + window - 1 with a window). cfg.causal must be true; mask-free.
+Tensor attention_cache(const Tensor& q, const Tensor& k, const Tensor& v, int64_t pos, const Attention& cfg,
+                       Tensor out = {});
 
 // Elementwise copy with conversion between plain types (any strides, same shape).
 void copy(const Tensor& src, Tensor& dst);
@@ -83,11 +89,24 @@ RopeTable rope_table(const Rope& cfg, int64_t head_dim, const int64_t* positions
 // Rotates x in place: P rows `row_stride` floats apart, each holding H heads of hd floats.
 void rope_rows(const RopeTable& table, float* x, int64_t P, int64_t H, int64_t hd, int64_t row_stride);
 
-// One query row against the n keys it sees (the kernel under attention()): q (hd,), k n rows `ks`
-// floats apart, v n rows `vs` apart, mask (n,) additive or null, s (n,) scratch, out (hdv,).
-using AttentionRowKernel = void (*)(const float* q, const float* k, const float* v, const float* mask, float* s,
-                                    float* out, int64_t n, int64_t hd, int64_t hdv, int64_t ks, int64_t vs,
-                                    float scale, float softcap);
-AttentionRowKernel attention_row_kernel();  // for the active ISA
+// Attention over keys and values in memory (what attention() and attention_cache() run, and the engine
+// over its KV cache). One kv head of one sequence: T queries at positions p0 .. p0 + T - 1, each with
+// the G query heads sharing this kv head, against keys 0 .. S - 1.
+struct AttentionHead {
+  const float* q;  // query row (t, g) at q + t * q_t + g * q_h
+  int64_t q_t, q_h;
+  float* out;  // output row (t, g) at out + t * o_t + g * o_h
+  int64_t o_t, o_h;
+  const void* k;  // key j at k + (j % ring) * k_s elements (hd of them); v likewise (hdv)
+  const void* v;
+  int64_t k_s, v_s, ring;
+  bool f16;  // k and v hold f16, else f32
+  int64_t T, p0, S;
+  const float* mask = nullptr;  // additive, mask[t * m_t + g * m_h + j * m_s], or null
+  int64_t m_t = 0, m_h = 0, m_s = 0;
+};
+// Runs every head on the pool. cfg gives visibility (causal, window), scale and softcap.
+void attention_heads(const std::vector<AttentionHead>& heads, const Attention& cfg, int64_t G, int64_t hd,
+                     int64_t hdv);
 
 }  // namespace lb::ops

@@ -1,8 +1,8 @@
 // Causal self-attention over the KV cache (Vaswani et al. 2017), with grouped kv heads (Ainslie et
-// al. 2023), sliding windows (Mistral, Gemma), QK-norm (Gemma 3) and rope (Su et al. 2021).
-#include <algorithm>
-#include <cmath>
+// al. 2023), sliding windows (Mistral, Gemma), QK-norm (Gemma 3) and rope (Su et al. 2021). The
+// attention itself is ops::attention_heads (cpp/src/ops/attention.cpp), reading the cache in place.
 #include <cstring>
+#include <vector>
 
 #include "lmblocks/blocks.h"
 #include "lmblocks/error.h"
@@ -23,8 +23,6 @@ void check_vec(const Tensor& b, int64_t n, const char* name) {
     throw ValueError(std::string("Attention: ") + name + " has shape " + shape_str(b.shape()) + "; expected (" +
                      std::to_string(n) + ",)");
 }
-
-constexpr int64_t kTile = 32;  // queries per task: one gathered key range serves them all
 
 }  // namespace
 
@@ -88,7 +86,6 @@ Tensor Attention::forward(Context& ctx, const Tensor& x) {
   const int64_t C = L.capacity;
   const bool f16 = L.k.dtype() == DType::f16;
   const auto to_f16 = LB_DISPATCH(f32_to_f16);
-  const auto from_f16 = LB_DISPATCH(f16_to_f32);
   const int64_t esize = f16 ? 2 : 4;
   auto* kc = static_cast<std::byte*>(L.k.raw());
   auto* vc = static_cast<std::byte*>(L.v.raw());
@@ -112,63 +109,27 @@ Tensor Attention::forward(Context& ctx, const Tensor& x) {
     });
   }
 
-  // Attend: one task per (run, kv head, tile of queries). The task gathers the key range its queries
-  // see once (in position order, unwrapping the ring and widening f16) and serves all G query heads.
-  struct Task {
-    size_t run;
-    int64_t g, t0, t1;
-  };
-  std::vector<Task> tasks;
-  for (size_t r = 0; r < ctx.runs.size(); ++r)
-    for (int64_t g = 0; g < Hkv; ++g)
-      for (int64_t t0 = 0; t0 < ctx.runs[r].n; t0 += kTile)
-        tasks.push_back({r, g, t0, std::min(ctx.runs[r].n, t0 + kTile)});
+  // Attend: every (run, kv head) reads its ring of keys and values in place, in the cache's type.
   Tensor out = Tensor::empty({N, H * hd});  // (N, H*hd)
-  const auto row = ops::attention_row_kernel();
-  const float scale = cfg.scale > 0.f ? cfg.scale : 1.f / std::sqrt(float(hd));
-  const int64_t W = cfg.window;
-  const float* qp = q.data<float>();
-  float* op = out.data<float>();
-  parallel_for(int64_t(tasks.size()), 1, [&](int64_t a0, int64_t a1) {
-    std::vector<float> kbuf, vbuf, s;
-    for (int64_t a = a0; a < a1; ++a) {
-      const Task& task = tasks[size_t(a)];
-      const Run& run = ctx.runs[task.run];
-      const int64_t p_first = run.pos0 + task.t0, hi = run.pos0 + task.t1;  // keys [lo, hi)
-      const int64_t lo = W > 0 ? std::max<int64_t>(0, p_first - W + 1) : 0, nk = hi - lo;
-      const int64_t base = (run.seq * Hkv + task.g) * C;  // first slot of this (sequence, kv head)
-      const float *kp, *vp;
-      if (!f16 && lo % C + nk <= C) {
-        kp = reinterpret_cast<const float*>(kc) + (base + lo % C) * hd;
-        vp = reinterpret_cast<const float*>(vc) + (base + lo % C) * hd;
-      } else {
-        kbuf.resize(size_t(nk * hd));
-        vbuf.resize(size_t(nk * hd));
-        for (int64_t j = 0; j < nk;) {  // at most two contiguous pieces of the ring
-          const int64_t slot = (lo + j) % C, m = std::min(nk - j, C - slot);
-          const int64_t off = (base + slot) * hd * esize;
-          if (f16) {
-            from_f16(reinterpret_cast<const uint16_t*>(kc + off), kbuf.data() + j * hd, m * hd);
-            from_f16(reinterpret_cast<const uint16_t*>(vc + off), vbuf.data() + j * hd, m * hd);
-          } else {
-            std::memcpy(kbuf.data() + j * hd, kc + off, size_t(m * hd) * 4);
-            std::memcpy(vbuf.data() + j * hd, vc + off, size_t(m * hd) * 4);
-          }
-          j += m;
-        }
-        kp = kbuf.data();
-        vp = vbuf.data();
-      }
-      s.resize(size_t(nk));
-      for (int64_t t = task.t0; t < task.t1; ++t) {
-        const int64_t p = run.pos0 + t, i = run.begin + t;
-        const int64_t klo = W > 0 ? std::max(lo, p - W + 1) : lo, n = p - klo + 1;
-        for (int64_t h = task.g * G; h < (task.g + 1) * G; ++h)
-          row(qp + (i * H + h) * hd, kp + (klo - lo) * hd, vp + (klo - lo) * hd, nullptr, s.data(),
-              op + (i * H + h) * hd, n, hd, hd, hd, hd, scale, cfg.softcap);
-      }
+  std::vector<ops::AttentionHead> heads;
+  for (const Run& run : ctx.runs)
+    for (int64_t g = 0; g < Hkv; ++g) {
+      ops::AttentionHead a{};
+      a.q = q.data<float>() + (run.begin * H + g * G) * hd;
+      a.q_t = H * hd, a.q_h = hd;
+      a.out = out.data<float>() + (run.begin * H + g * G) * hd;
+      a.o_t = H * hd, a.o_h = hd;
+      const int64_t off = (run.seq * Hkv + g) * C * hd * esize;  // slot 0 of this (sequence, kv head)
+      a.k = kc + off, a.v = vc + off;
+      a.k_s = hd, a.v_s = hd, a.ring = C, a.f16 = f16;
+      a.T = run.n, a.p0 = run.pos0, a.S = run.pos0 + run.n;
+      heads.push_back(a);
     }
-  });
+  ops::Attention acfg;
+  acfg.window = cfg.window;
+  acfg.scale = cfg.scale;
+  acfg.softcap = cfg.softcap;
+  ops::attention_heads(heads, acfg, G, hd, hd);
   return ops::linear(out, o_proj, o_bias);  // (N, D)
 }
 
