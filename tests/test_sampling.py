@@ -335,3 +335,123 @@ def test_stop_invalid(bad):
 def test_doctests():
     result = doctest.testmod(sampling, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ---- the native chain: awkward sizes, ties, top_k past V, history edges, the draw ---------------------
+
+NATIVE_PARAMS = ["defaults", "greedy_penalized", "plain_softmax", "top_p", "hot_all_filters", "penalties",
+                 "penalties_whole_history"]
+
+
+# Gemma 3's 262,144-token vocabulary with three settings only: the reference's full sorts are slow there.
+NATIVE_SIZES = [(v, n) for v in (1, 2, 17, 49152) for n in NATIVE_PARAMS] + \
+    [(262144, n) for n in ("defaults", "penalties", "greedy_penalized")]
+
+
+@pytest.mark.parametrize("vocab,name", NATIVE_SIZES)
+@pytest.mark.parametrize("kind", ["normal", "ties", "neg_inf"])
+def test_native_sizes_match_reference(rng, vocab, kind, name):
+    params = PARAMS[name]
+    logits, history = make_logits(rng, vocab, kind), make_history(rng, vocab, 64)
+    got = Sampler(SamplingParams(**params)).probs(logits, history)
+    want = ref.chain(logits, history, params)
+    np.testing.assert_array_equal(got > 0, want > 0)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3, 16, 17, 18, 100])
+@pytest.mark.parametrize("values", [1, 2, 3])
+def test_many_ties(rng, values, top_k):
+    """Only a few distinct logits, so every cut (top_k, top_p, the max) falls inside a tie."""
+    logits = rng.integers(0, values, 17).astype(np.float32)
+    for params in (dict(top_k=top_k, temperature=1.0, top_p=1.0, min_p=0.0), dict(top_k=top_k, top_p=0.5),
+                   dict(top_k=top_k, temperature=0.0)):
+        got = Sampler(SamplingParams(**params)).probs(logits, [])
+        want = ref.chain(logits, [], params)
+        np.testing.assert_array_equal(got > 0, want > 0)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    kept = Sampler(SamplingParams(top_k=top_k, temperature=1.0, top_p=1.0, min_p=0.0)).probs(logits, []) > 0
+    order = np.lexsort((np.arange(17), -logits))  # logit high to low, then id low to high
+    assert set(np.flatnonzero(kept)) == set(order[:top_k])  # a tie at the cut keeps the lowest ids
+
+
+@pytest.mark.parametrize("vocab", [1, 2, 17, 1000])
+@pytest.mark.parametrize("top_k", ["V", "V+1", 10**9, 2**70])
+def test_top_k_past_vocab_keeps_all(rng, vocab, top_k):
+    k = {"V": vocab, "V+1": vocab + 1}.get(top_k, top_k)
+    logits = make_logits(rng, vocab, "normal")
+    params = dict(temperature=1.0, top_k=k, top_p=1.0, min_p=0.0)
+    got = Sampler(SamplingParams(**params)).probs(logits, [])
+    np.testing.assert_allclose(got, ref.softmax(logits.astype(np.float64)), rtol=1e-12, atol=1e-15)
+    assert np.all(got > 0)
+
+
+@pytest.mark.parametrize("vocab", [1, 2, 17, 49152])
+def test_history_repeats_and_range_ends(rng, vocab):
+    """Ids 0 and V-1, each many times, among others; penalties that raise as well as lower logits."""
+    logits = make_logits(rng, vocab, "normal")
+    history = [0, vocab - 1] * 10 + list(rng.integers(0, vocab, 20)) + [vocab - 1, 0, 0]
+    for params in (dict(repeat_penalty=1.3, frequency_penalty=0.4, presence_penalty=0.6, repeat_last_n=16),
+                   dict(repeat_penalty=0.5, frequency_penalty=-0.7, presence_penalty=-1.0, repeat_last_n=-1, top_k=3),
+                   dict(repeat_penalty=2.0, repeat_last_n=1000, top_k=0, top_p=1.0, min_p=0.0, temperature=1.0)):
+        got = Sampler(SamplingParams(**params)).probs(logits, history)
+        want = ref.chain(logits, history, params)
+        np.testing.assert_array_equal(got > 0, want > 0)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    s = Sampler(SamplingParams(repeat_penalty=1.1))
+    for bad in ([vocab], [0, vocab - 1, vocab], [-1, 0], [2**40]):
+        with pytest.raises(ValueError, match=r"history holds token ids outside \[0, %d\)" % vocab):
+            s.sample(logits, bad)
+    Sampler().sample(logits, [vocab, -1])  # penalties off: the history is not read
+
+
+@pytest.mark.parametrize("vocab", [1, 2, 17, 49152, 262144])
+def test_greedy_is_argmax_of_penalized(rng, vocab):
+    """temperature 0 = np.argmax of the penalized logits (first, i.e. lowest id, of a tie)."""
+    for kind in ("normal", "ties", "neg_inf"):
+        logits = make_logits(rng, vocab, kind)
+        history = make_history(rng, vocab, 64)
+        kw = dict(repeat_penalty=1.5, frequency_penalty=0.25, presence_penalty=0.5, repeat_last_n=32)
+        x = ref.penalties(logits, history, **kw)
+        s = Sampler(SamplingParams(temperature=0, **kw))
+        assert s.sample(logits, history) == np.argmax(x)
+        x = logits.astype(np.float64)
+        x[vocab // 2] = x[vocab - 1] = x.max()  # a tie at the max, lowest id wins
+        assert Sampler(SamplingParams(temperature=0)).sample(x, []) == np.argmax(x) == min(np.flatnonzero(x == x.max()))
+
+
+def test_draws_follow_the_generator(rng):
+    """Each draw takes the generator's next u and the first token, in rank order, whose cumulative
+    probability reaches u * total; a step that keeps one token takes no draw."""
+    s = Sampler(SamplingParams(seed=42, top_p=0.9))
+    u = np.random.default_rng(42)
+    for step in range(300):
+        logits = make_logits(rng, 50, "ties" if step % 3 else "normal")
+        if step % 4 == 0:
+            logits[rng.integers(50)] = 100.0  # one token holds all the mass: top_p keeps it alone
+        p = s.probs(logits, [])
+        order = [t for t in np.lexsort((np.arange(50), -logits.astype(np.float64))) if p[t] > 0]
+        if len(order) == 1:
+            want = order[0]
+        else:
+            cdf = np.cumsum(p[order])
+            want = order[int(np.searchsorted(cdf, u.random() * cdf[-1]))]
+        assert s.sample(logits, []) == want
+
+
+def test_logits_layouts_and_dtypes(rng):
+    """float32 and float64 are read in place; strided views, lists, ints and Tensors give the same."""
+    import lmblocks as lb
+
+    x32 = make_logits(rng, 1000, "normal")
+    x64 = x32.astype(np.float64)
+    s = Sampler(SamplingParams(top_k=0, top_p=0.9))
+    want = s.probs(x64, [])
+    np.testing.assert_array_equal(s.probs(x32, []), want)
+    np.testing.assert_array_equal(s.probs(np.stack([x32, x32], 1)[:, 1], []), want)
+    np.testing.assert_array_equal(s.probs(list(x64), []), want)
+    np.testing.assert_array_equal(s.probs(lb.asarray(x32), []), want)
+    ints = np.arange(20) % 7
+    np.testing.assert_array_equal(s.probs(ints, []), s.probs(ints.astype(np.float64), []))
+    with pytest.raises(ValueError, match="logits"):
+        s.sample(np.array(["a", "b"]), [])

@@ -19,6 +19,7 @@ void bind_bench(py::module_ m);
 void bind_quant(py::module_ m);
 void bind_blocks(py::module_ m);
 void bind_text(py::module_ m);
+void bind_sampling(py::module_ m);
 
 // A Tensor from a Tensor, a NumPy array, or anything np.asarray accepts (zero-copy for arrays of a
 // supported dtype). `arg` names the argument in error messages.

@@ -12,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
   lb::py_bind::bind_quant(m.def_submodule("quant", "ggml block formats"));
   lb::py_bind::bind_text(m.def_submodule("text", "Tokenizer data and merge loops"));
   lb::py_bind::bind_blocks(m.def_submodule("nn", "Native blocks and the decoder that runs them"));
+  lb::py_bind::bind_sampling(m.def_submodule("sampling", "The sampler chain on a logits vector"));
 }

@@ -30,6 +30,10 @@ high to low, then by id, low to high. So a tie at the top_k or top_p cut keeps t
 and greedy picks the lowest id. The arithmetic is float64 (llama.cpp uses float32), so
 :meth:`Sampler.probs` can be checked exactly against ``tests/ref/sampling.py``.
 
+The chain runs natively (``cpp/src/runtime/sampling.cpp``) without the GIL. It reads float32 or
+float64 logits in place, in one pass, and sorts only the ``top_k`` candidates (every token when
+``top_k`` is 0). Other dtypes are converted to float64 first.
+
 :class:`StopMatcher` takes decoded text pieces as they are produced. It releases only the text
 that cannot be the start of a stop string, and reports when one is hit.
 
@@ -51,6 +55,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import _core
 
 __all__ = ["SamplingParams", "Sampler", "StopMatcher"]
 
@@ -125,99 +131,50 @@ class Sampler:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
         self.params = params
+        big = 1 << 62  # top_k and repeat_last_n beyond any vocabulary or history mean "all"
+        self._native = _core.sampling.Sampler(
+            temperature=float(params.temperature), top_k=min(int(params.top_k), big), top_p=float(params.top_p),
+            min_p=float(params.min_p), repeat_penalty=float(params.repeat_penalty),
+            repeat_last_n=min(int(params.repeat_last_n), big), frequency_penalty=float(params.frequency_penalty),
+            presence_penalty=float(params.presence_penalty))
+        n = params.repeat_last_n
+        self._last_n = 0 if n == 0 or (params.repeat_penalty == 1 and params.frequency_penalty == 0
+                                       and params.presence_penalty == 0) else n
         self._rng: np.random.Generator | None = None  # made at the first draw: greedy never imports np.random
+        self._u: float | None = None  # a draw the last chain did not need (it kept one token)
 
     def sample(self, logits, history: Sequence[int] = ()) -> int:
         """One token id drawn from ``logits`` (V,).
 
         ``history`` holds the token ids so far (prompt and generated). Only the penalties read it.
         """
-        ids, p = self._chain(logits, history)
-        if ids.size == 1:  # greedy, or one token left: llama.cpp's dist does not draw here either
-            return int(ids[0])
-        cdf = np.cumsum(p)
-        if self._rng is None:
-            self._rng = np.random.default_rng(self.params.seed)
-        i = int(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="left"))
-        return int(ids[min(i, ids.size - 1)])
+        window = self._window(history)
+        if self.params.temperature == 0:
+            return self._native.sample(logits, window, 0.0)[0]
+        # u is drawn before the chain runs; when the chain keeps one token, llama.cpp's dist does
+        # not draw, so u waits for the next call: the draws used are the generator's sequence.
+        if self._u is None:
+            if self._rng is None:
+                self._rng = np.random.default_rng(self.params.seed)
+            self._u = float(self._rng.random())
+        token, used = self._native.sample(logits, window, self._u)
+        if used:
+            self._u = None
+        return token
 
     def probs(self, logits, history: Sequence[int] = ()) -> np.ndarray:
         """The distribution :meth:`sample` draws from, as a float64 array of shape (V,).
 
         Filtered tokens get 0. Greedy gives a one-hot array. The random generator is not used.
         """
-        ids, p = self._chain(logits, history)
-        out = np.zeros(np.shape(logits)[-1], np.float64)
-        out[ids] = p
-        return out
+        return self._native.probs(logits, self._window(history))
 
-    def _chain(self, logits, history):
-        """(ids, p): the tokens left, sorted by logit from high to low (ties: lowest id first),
-        and their final probabilities."""
-        prm = self.params
-        x = _penalize(_as_logits(logits), history, prm)
-        if prm.temperature == 0:
-            return np.array([np.argmax(x)]), np.ones(1)  # argmax: first (lowest id) of ties
-        ids = _top_k(x, prm.top_k)
-        lg = x[ids]  # sorted from high to low; lg[0] is the max
-        if prm.top_p < 1:
-            cum = np.cumsum(_softmax_sorted(lg))
-            n = int(np.searchsorted(cum, prm.top_p, side="left")) + 1  # first index with cum >= top_p
-            ids, lg = ids[:n], lg[:n]
-        if prm.min_p > 0:
-            n = int(np.count_nonzero(lg >= lg[0] + math.log(prm.min_p)))  # a prefix, as lg is sorted
-            ids, lg = ids[:n], lg[:n]
-        return ids, _softmax_sorted(lg / prm.temperature)
-
-
-def _as_logits(logits) -> np.ndarray:
-    """A float64 copy of ``logits`` (V,). There must be no NaN, no +inf, and at least one finite value."""
-    x = np.array(logits, dtype=np.float64)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"logits must have shape (vocab,) with vocab >= 1, got {x.shape}")
-    if not np.all(x < np.inf):
-        raise ValueError("logits must not contain NaN or +inf")
-    if not np.any(x > -np.inf):
-        raise ValueError("logits are all -inf: there is no token to sample")
-    return x
-
-
-def _penalize(x, history, prm) -> np.ndarray:
-    """llama_sampler_penalties_apply, on ``x`` in place: repeat, then frequency and presence penalties,
-    for the tokens of the last ``repeat_last_n`` history entries."""
-    n = prm.repeat_last_n
-    if n == 0 or (prm.repeat_penalty == 1 and prm.frequency_penalty == 0 and prm.presence_penalty == 0):
-        return x
-    window = np.asarray(history[-n:] if n > 0 else history, dtype=np.int64).ravel()
-    if window.size == 0:
-        return x
-    if window.min() < 0 or window.max() >= x.size:
-        raise ValueError(f"history holds token ids outside [0, {x.size})")
-    ids, counts = np.unique(window, return_counts=True)
-    v = x[ids]
-    v = np.where(v <= 0, v * prm.repeat_penalty, v / prm.repeat_penalty)
-    x[ids] = v - (counts * prm.frequency_penalty + prm.presence_penalty)
-    return x
-
-
-def _top_k(x, k) -> np.ndarray:
-    """Ids of the k largest entries of ``x`` (all if k is 0 or >= V), sorted from high to low.
-    Ties keep and list the lowest ids first."""
-    if 0 < k < x.size:
-        # np.partition finds the k-th largest value; a tie at that value keeps the lowest ids
-        # (argpartition alone would keep an arbitrary subset of the tie).
-        kth = np.partition(x, x.size - k)[x.size - k]
-        above = np.flatnonzero(x > kth)
-        ids = np.sort(np.concatenate([above, np.flatnonzero(x == kth)[: k - above.size]]))
-    else:
-        ids = np.arange(x.size)
-    return ids[np.argsort(-x[ids], kind="stable")]
-
-
-def _softmax_sorted(lg) -> np.ndarray:
-    """softmax of logits sorted from high to low (lg[0] is the max and finite); -inf gets 0."""
-    e = np.exp(lg - lg[0])
-    return e / e.sum()
+    def _window(self, history):
+        """The history entries the penalties read (only these cross into native code)."""
+        n = self._last_n
+        if n == 0:
+            return ()
+        return history[-n:] if n > 0 else history
 
 
 class StopMatcher:
