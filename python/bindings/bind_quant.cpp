@@ -60,7 +60,9 @@ void bind_quant(py::module_ m) {
         {
           py::gil_scoped_release nogil;
           const ops::QuantizedRows a = ops::quantize_rows(xp, M, K, K, reference);
-          if (packed)
+          if (packed && (w.dtype() == DType::f16 || w.dtype() == DType::bf16))  // a model's f16 matrix
+            ops::qlinear_rows(a, w.dtype(), static_cast<const std::byte*>(w.raw()), w.strides()[0], N, yp, false);
+          else if (packed)
             ops::qlinear_packed(a, *ops::pack_weight(w), yp);
           else
             ops::qlinear_rows(a, w.dtype(), static_cast<const std::byte*>(w.raw()), w.strides()[0], N, yp, reference);

@@ -152,6 +152,15 @@ void CausalLM::pack_weights() {
     for (const BlockPtr& c : b->children()) todo.push_back(c);
   }
   for (const Tensor& t : mats) {
+    if ((t.dtype() == DType::f16 || t.dtype() == DType::bf16) && t.strides()[1] == 2 && !ops::find_packed(t)) {
+      auto p = std::make_shared<ops::PackedWeight>();  // no copy: marks the matrix for the int16 prefill kernel
+      p->type = t.dtype();
+      p->N = t.dim(0);
+      p->K = t.dim(1);
+      ops::register_packed(t, p);
+      packed_.push_back(std::move(p));
+      continue;
+    }
     if (!ops::packable(t.dtype()) || t.strides()[1] != traits(t.dtype()).type_size || ops::find_packed(t)) continue;
     auto p = ops::pack_weight(t);
     ops::register_packed(t, p);
@@ -252,7 +261,8 @@ Tensor CausalLM::forward_chunk(KVCache&, const int32_t* tokens, Context& ctx, Lo
   Tensor ids = Tensor::empty({ctx.N}, DType::i32);
   std::memcpy(ids.raw(), tokens, size_t(ctx.N) * 4);
   Tensor x;  // (n, D)
-  if (const auto packed = ops::find_packed(embed_tokens)) {  // tied to a repacked head: read rows from there
+  const auto packed = ops::find_packed(embed_tokens);
+  if (packed && !packed->data.empty()) {  // tied to a repacked head: read rows from there
     x = Tensor::empty({ctx.N, model_dim()});
     float* xp = x.data<float>();
     parallel_for(ctx.N, 16, [&](int64_t a, int64_t b) {

@@ -211,8 +211,10 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Ten
   // blocks (repacked at load, or as in the file) and f16/bf16 prefill against int16-quantized activations. The product lands in y, or beside it and then onto the
   // bias rows already there.
   const bool half = (w_in.dtype() == DType::f16 || w_in.dtype() == DType::bf16) && M < 4 && w_in.strides()[1] == 2;
+  // f16/bf16 prefill rounds weights to 12 bits per chunk: only for a model's own matrices (CausalLM
+  // registers them), never for weights handed to lb.ops.linear, which stays exact for them.
   const bool blocks = activation_quantization() && qlinear_fast(w_in.dtype(), M) && K % 32 == 0 &&
-                      (is_quantized(w_in.dtype()) || w_in.strides()[1] == 2);  // f16/bf16 prefill: rows whole
+                      (is_quantized(w_in.dtype()) || (w_in.strides()[1] == 2 && find_packed(w_in)));
   if (half || blocks) {
     const Tensor xr = mx.trans ? detail::f32_contiguous(xv, op, "x") : x;  // rows of K contiguous floats
     const int64_t ldx = mx.trans ? K : mx.ld;
