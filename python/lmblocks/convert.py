@@ -14,7 +14,6 @@ over lmblocks' quantizers.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections import Counter
 from fnmatch import fnmatchcase
@@ -68,17 +67,8 @@ def _check_patterns(patterns, what: str) -> list[str]:
 def _gguf_namer(model):
     """Hugging Face tensor name -> the llama.cpp (GGUF) name (unknown names stay as they are)."""
     module = models.BY_MODEL_TYPE.get(model.args.model_type)
-    table = {**models.base.GGUF_NAMES, **(getattr(module, "GGUF_OVERRIDES", None) or {})}
-    pats = [(re.compile("^" + re.escape(hf).replace(r"\{i\}", r"(\d+)") + "$"), g) for g, hf in table.items()]
-
-    def to_gguf(name: str) -> str:
-        for pat, g in pats:
-            m = pat.match(name)
-            if m:
-                return g.format(i=m.group(1)) if m.groups() else g
-        return name
-
-    return to_gguf
+    rename = models.base.gguf_renamer(getattr(module, "GGUF_OVERRIDES", None), to_gguf=True)
+    return lambda name: rename(name) or name
 
 
 def _open_source(model):

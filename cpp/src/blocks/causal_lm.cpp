@@ -18,10 +18,12 @@ bool same_rope(const ops::Rope& a, const ops::Rope& b) {
          a.high_freq_factor == b.high_freq_factor && a.original_max_position == b.original_max_position;
 }
 
-void walk(const BlockPtr& b, std::vector<const Attention*>& out) {
+// fn(block) for b and every block below it, depth first.
+template <class F>
+void walk(const BlockPtr& b, F&& fn) {
   if (!b) return;
-  if (const auto* a = dynamic_cast<const Attention*>(b.get())) out.push_back(a);
-  for (const BlockPtr& c : b->children()) walk(c, out);
+  fn(*b);
+  for (const BlockPtr& c : b->children()) walk(c, fn);
 }
 
 int64_t int_at(const Tensor& t, int64_t i) {
@@ -129,7 +131,9 @@ CausalLM::CausalLM(Tensor embed, float scale, BlockPtr body_, BlockPtr norm_, Te
     throw ValueError("CausalLM: lm_head has shape " + shape_str(lm_head.shape()) + "; expected " +
                      shape_str(embed_tokens.shape()) + " to match embed_tokens");
   if (!body) throw ValueError("CausalLM: body is required");
-  walk(body, attention_);
+  walk(body, [&](const Block& b) {
+    if (const auto* a = dynamic_cast<const Attention*>(&b)) attention_.push_back(a);
+  });
   for (const Attention* a : attention_)
     if (a->model_dim() != model_dim())
       throw ValueError("CausalLM: an attention block takes D=" + std::to_string(a->model_dim()) +
@@ -142,15 +146,10 @@ CausalLM::CausalLM(Tensor embed, float scale, BlockPtr body_, BlockPtr norm_, Te
 // pages of a file mapping are dropped once packed, so the model is resident once, not twice.
 void CausalLM::pack_weights() {
   std::vector<Tensor> mats = {lm_head};
-  std::vector<BlockPtr> todo = {body};
-  while (!todo.empty()) {
-    const BlockPtr b = todo.back();
-    todo.pop_back();
-    if (!b) continue;
-    for (const auto& [name, t] : b->weights())
+  walk(body, [&](const Block& b) {
+    for (const auto& [name, t] : b.weights())
       if (t.ndim() == 2) mats.push_back(t);
-    for (const BlockPtr& c : b->children()) todo.push_back(c);
-  }
+  });
   for (const Tensor& t : mats) {
     if ((t.dtype() == DType::f16 || t.dtype() == DType::bf16) && t.strides()[1] == 2 && !ops::find_packed(t)) {
       auto p = std::make_shared<ops::PackedWeight>();  // no copy: marks the matrix for the int16 prefill kernel

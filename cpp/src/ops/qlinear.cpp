@@ -38,6 +38,10 @@ struct Chunk {
   float a[2], c[2];
 };
 
+// The largest |q| of an int16 activation: the widest range that splits into int8 halves q = 256 h + l
+// (split_act), so packed weights can meet activations in vpdpbusd.
+constexpr float kActMax = 32639.f;
+
 // ---- The packed layout (lb::ops::PackedWeight) -----------------------------------------------------
 //
 // Rows go in groups of 16; a group is a run of units in element order, one per 32-element chunk
@@ -371,7 +375,7 @@ void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s) {
   for (int64_t j = 0; j < K / 32; ++j) {
     const __m512 v0 = _mm512_loadu_ps(x + 32 * j), v1 = _mm512_loadu_ps(x + 32 * j + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-    const float dj = amax / 32639.f, id = amax > 0.f ? 32639.f / amax : 0.f;
+    const float dj = amax / kActMax, id = amax > 0.f ? kActMax / amax : 0.f;
     const __m512 vid = _mm512_set1_ps(id);
     const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vid)), i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * j), _mm512_cvtsepi32_epi16(i0));
@@ -492,27 +496,31 @@ constexpr int kPanel = 16;  // weight rows per panel: the 16 int32 lanes of a zm
 struct Panel {
   std::vector<int32_t> u;   // (nc, 16 pairs, 16 rows): int16 pairs as dwords
   std::vector<float> a, c;  // (nc, 2 halves, 16 rows)
+
+  void zero(int64_t nc) {  // rows that are never put stay zero
+    u.assign(size_t(nc * 256), 0);
+    a.assign(size_t(nc * 32), 0.f);
+    c.assign(size_t(nc * 32), 0.f);
+  }
+  // Chunk j of row r: its 32 int16 values in element order, and its scales and offsets per half.
+  void put(int64_t r, int64_t j, __m512i v, float a0, float a1, float c0, float c1) {
+    const __m512i pair_at = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64, 48, 32, 16, 0);
+    _mm512_i32scatter_epi32(u.data() + j * 256, _mm512_add_epi32(pair_at, _mm512_set1_epi32(int(r))), v, 4);
+    a[size_t(j * 32 + r)] = a0;
+    a[size_t(j * 32 + 16 + r)] = a1;
+    c[size_t(j * 32 + r)] = c0;
+    c[size_t(j * 32 + 16 + r)] = c1;
+  }
 };
 
 template <DType T>
 void decode_panel(const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, Panel& P) {
-  const int64_t nc = K / 32;
-  P.u.assign(size_t(nc * 256), 0);  // rows past n stay zero
-  P.a.assign(size_t(nc * 32), 0.f);
-  P.c.assign(size_t(nc * 32), 0.f);
-  for (int64_t r = 0; r < n; ++r) {
-    const __m512i at = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                                           _mm512_set1_epi32(kPanel)),
-                                        _mm512_set1_epi32(int(r)));
-    for (int64_t j = 0; j < nc; ++j) {
+  P.zero(K / 32);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < K / 32; ++j) {
       const U32 x = load_chunk<T>(w + r * row_bytes, j);
-      _mm512_i32scatter_epi32(P.u.data() + j * 256, at, x.u, 4);
-      P.a[size_t(j * 32 + r)] = x.a0;
-      P.a[size_t(j * 32 + 16 + r)] = x.a1;
-      P.c[size_t(j * 32 + r)] = x.c0;
-      P.c[size_t(j * 32 + 16 + r)] = x.c1;
+      P.put(r, j, x.u, x.a0, x.a1, x.c0, x.c1);
     }
-  }
 }
 
 // acc += pairs of w times the int16 pair at *q, broadcast from memory inside the instruction ({1to16}):
@@ -593,12 +601,8 @@ void gemm(const std::byte* w, int64_t row_bytes, int64_t n, const PackedTokens& 
 template <DType T>
 void half_gemm(const std::byte* w, int64_t row_bytes, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
   thread_local Panel P;
-  const int64_t K = a.K, nc = K / 32;
-  P.u.assign(size_t(nc * 256), 0);
-  P.a.assign(size_t(nc * 32), 0.f);
-  P.c.assign(size_t(nc * 32), 0.f);
-  const __m512i at0 = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                         _mm512_set1_epi32(kPanel));
+  const int64_t nc = a.K / 32;
+  P.zero(nc);
   auto widen = [](const uint16_t* p) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     if constexpr (T == DType::f16) return _mm512_cvtph_ps(h);
@@ -606,15 +610,14 @@ void half_gemm(const std::byte* w, int64_t row_bytes, int64_t n, const PackedTok
   };
   for (int64_t r = 0; r < n; ++r) {
     const auto* row = reinterpret_cast<const uint16_t*>(w + r * row_bytes);
-    const __m512i at = _mm512_add_epi32(at0, _mm512_set1_epi32(int(r)));
     for (int64_t j = 0; j < nc; ++j) {
       const __m512 v0 = widen(row + 32 * j), v1 = widen(row + 32 * j + 16);
       const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
       const __m512 id = _mm512_set1_ps(amax > 0.f ? 2047.f / amax : 0.f);
       const __m256i q0 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v0, id)));
       const __m256i q1 = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(v1, id)));
-      _mm512_i32scatter_epi32(P.u.data() + j * 256, at, _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), 4);
-      P.a[size_t(j * 32 + r)] = P.a[size_t(j * 32 + 16 + r)] = amax / 2047.f;
+      const float d = amax / 2047.f;
+      P.put(r, j, _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), d, d, 0.f, 0.f);
     }
   }
   panel_tiles<T>(P, n, a, y, ldy);
@@ -954,7 +957,7 @@ void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s) {
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-    const float dj = amax / 32639.f, id = amax > 0.f ? 32639.f / amax : 0.f;
+    const float dj = amax / kActMax, id = amax > 0.f ? kActMax / amax : 0.f;
     __m256i iv[4];
     for (int i = 0; i < 4; ++i) iv[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
     // packs works per 128-bit lane ([a0-3 b0-3 | a4-7 b4-7]): put the 64-bit quarters back in order
@@ -986,13 +989,13 @@ void quantize_act_ref(const float* x, int64_t K, int16_t* q, float* d, float* s)
   for (int64_t j = 0; j < K / 32; ++j) {
     float amax = 0.f;
     for (int l = 0; l < 32; ++l) amax = std::max(amax, std::fabs(x[32 * j + l]));
-    const float dj = amax / 32639.f, id = amax > 0.f ? 32639.f / amax : 0.f;
+    const float dj = amax / kActMax, id = amax > 0.f ? kActMax / amax : 0.f;
     d[j] = dj;
     for (int h = 0; h < 2; ++h) {
       int32_t sum = 0;
       for (int l = 16 * h; l < 16 * h + 16; ++l) {
         const int v = int(std::nearbyint(x[32 * j + l] * id));  // ties to even, as cvtps2dq
-        q[32 * j + l] = int16_t(std::clamp(v, -32639, 32639));
+        q[32 * j + l] = int16_t(std::clamp(v, -int(kActMax), int(kActMax)));
         sum += q[32 * j + l];
       }
       s[2 * j + h] = dj * float(sum);

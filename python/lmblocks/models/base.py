@@ -196,15 +196,18 @@ GGUF_NAMES = {
 }
 
 
-def gguf_renamer(overrides: dict[str, str] | None = None) -> Callable[[str], str | None]:
+def gguf_renamer(overrides: dict[str, str] | None = None, *, to_gguf: bool = False) -> Callable[[str], str | None]:
+    """GGUF tensor name -> Hugging Face name (None if unknown), or the reverse with ``to_gguf=True``.
+    ``overrides``: an architecture's extra or changed GGUF -> Hugging Face names (GGUF_OVERRIDES)."""
     table = {**GGUF_NAMES, **(overrides or {})}
-    pats = [(re.compile("^" + re.escape(g).replace(r"\{i\}", r"(\d+)") + "$"), hf) for g, hf in table.items()]
+    pairs = [(hf, g) for g, hf in table.items()] if to_gguf else list(table.items())
+    pats = [(re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)") + "$"), dst) for src, dst in pairs]
 
     def rename(name: str) -> str | None:
-        for pat, hf in pats:
+        for pat, dst in pats:
             m = pat.match(name)
             if m:
-                return hf.format(i=m.group(1)) if m.groups() else hf
+                return dst.format(i=m.group(1)) if m.groups() else dst
         return None
 
     return rename
