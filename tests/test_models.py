@@ -94,8 +94,9 @@ def test_blocks_are_reachable_from_python(tiny):
     """The composed model is inspectable: blocks, their kinds and weights as zero-copy arrays."""
     name, ref, model, _ = tiny
     layer0 = model.lm.body[0]
-    attn = layer0[0].inner
+    attn = layer0.mixer
     assert attn.kind == "Attention" and attn.n_heads == ref.config.num_attention_heads
+    assert attn.path == "layers.0.attn" and layer0.mlp.path == "layers.0.mlp"
     q = np.asarray(attn.weights()["q_proj"])
     if name.startswith("phi3"):  # a row view of the fused qkv_proj
         want = ref.model.layers[0].self_attn.qkv_proj.weight.detach().numpy()[: q.shape[0]]

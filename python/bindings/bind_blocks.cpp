@@ -10,13 +10,6 @@ namespace {
 using namespace blocks;
 using Scaling = std::tuple<std::string, double, double, double, double>;
 
-Activation activation_arg(const std::string& s) {
-  if (s == "silu") return Activation::silu;
-  if (s == "gelu_tanh" || s == "gelu_pytorch_tanh") return Activation::gelu_tanh;
-  if (s == "gelu" || s == "gelu_erf") return Activation::gelu_erf;
-  throw ValueError("MLP: activation '" + s + "' is not one of 'silu', 'gelu_tanh', 'gelu'");
-}
-
 Logits logits_arg(const std::string& s) {
   if (s == "last") return Logits::last;
   if (s == "all") return Logits::all;
@@ -35,7 +28,10 @@ py::dict weights_dict(const Block& b) {
 void bind_blocks(py::module_ m) {
   py::class_<Block, BlockPtr>(m, "Block")
       .def_property_readonly("kind", &Block::kind)
+      .def_property_readonly("role", &Block::role)
       .def_property_readonly("children", &Block::children)
+      .def_property_readonly("named_children", &Block::named_children)
+      .def_readonly("path", &Block::path, "Where the block sits in its model (\"layers.3.attn\"); hooks match it.")
       .def("weights", &weights_dict, "The tensors this block holds itself, by name (zero-copy).");
 
   py::class_<RMSNorm, Block, std::shared_ptr<RMSNorm>>(m, "RMSNorm")
@@ -46,11 +42,21 @@ void bind_blocks(py::module_ m) {
       .def_readonly("eps", &RMSNorm::eps)
       .def_readonly("offset", &RMSNorm::offset);
 
+  py::class_<LayerNorm, Block, std::shared_ptr<LayerNorm>>(m, "LayerNorm")
+      .def(py::init([](int64_t dim, py::object w, py::object b, float eps) {
+             return std::make_shared<LayerNorm>(dim, to_tensor_opt(w, "LayerNorm", "weight"),
+                                                to_tensor_opt(b, "LayerNorm", "bias"), eps);
+           }),
+           py::arg("dim"), py::arg("weight") = py::none(), py::arg("bias") = py::none(), py::arg("eps") = 1e-5f)
+      .def_readonly("dim", &LayerNorm::dim)
+      .def_readonly("eps", &LayerNorm::eps);
+
   py::class_<Attention, Block, std::shared_ptr<Attention>>(m, "Attention")
       .def(py::init([](int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, py::object q, py::object k, py::object v,
                        py::object o, py::object qb, py::object kb, py::object vb, py::object ob, py::object qn,
                        py::object kn, double rope_theta, int64_t rotary_dim, bool rope_interleaved,
-                       const Scaling& sc, int64_t window, float scale, float softcap, float qk_norm_eps, float qk_norm_offset) {
+                       const Scaling& sc, int64_t window, float scale, float softcap, float qk_norm_eps, float qk_norm_offset,
+                       bool causal) {
              AttentionConfig c;
              c.n_heads = n_heads;
              c.n_kv_heads = n_kv_heads;
@@ -61,6 +67,7 @@ void bind_blocks(py::module_ m) {
              std::tie(c.rope.scaling, c.rope.factor, c.rope.low_freq_factor, c.rope.high_freq_factor,
                       c.rope.original_max_position) = sc;
              c.window = window;
+             c.causal = causal;
              c.scale = scale;
              c.softcap = softcap;
              c.qk_norm_eps = qk_norm_eps;
@@ -78,19 +85,79 @@ void bind_blocks(py::module_ m) {
            py::arg("k_norm") = py::none(), py::arg("rope_theta") = 10000.0, py::arg("rotary_dim") = 0,
            py::arg("rope_interleaved") = false,
            py::arg("rope_scaling") = Scaling{"none", 1.0, 1.0, 4.0, 8192.0}, py::arg("window") = 0,
-           py::arg("scale") = 0.f, py::arg("softcap") = 0.f, py::arg("qk_norm_eps") = 1e-6f, py::arg("qk_norm_offset") = 0.f)
+           py::arg("scale") = 0.f, py::arg("softcap") = 0.f, py::arg("qk_norm_eps") = 1e-6f, py::arg("qk_norm_offset") = 0.f,
+           py::arg("causal") = true)
       .def_property_readonly("n_heads", [](const Attention& a) { return a.cfg.n_heads; })
       .def_property_readonly("n_kv_heads", [](const Attention& a) { return a.cfg.n_kv_heads; })
       .def_property_readonly("head_dim", [](const Attention& a) { return a.cfg.head_dim; })
       .def_property_readonly("window", [](const Attention& a) { return a.cfg.window; })
+      .def_property_readonly("causal", [](const Attention& a) { return a.cfg.causal; })
+      .def_property_readonly("scale", [](const Attention& a) { return a.cfg.scale; })
+      .def_property_readonly("softcap", [](const Attention& a) { return a.cfg.softcap; })
+      .def_property_readonly("rotary_dim", [](const Attention& a) { return a.cfg.rope.rotary_dim ? a.cfg.rope.rotary_dim : a.cfg.head_dim; })
       .def_property_readonly("rope_theta", [](const Attention& a) { return a.cfg.rope.theta; });
 
   py::class_<MLP, Block, std::shared_ptr<MLP>>(m, "MLP")
-      .def(py::init([](py::object g, py::object u, py::object d, const std::string& act) {
-             return std::make_shared<MLP>(to_tensor(g, "MLP", "gate_proj"), to_tensor(u, "MLP", "up_proj"),
-                                          to_tensor(d, "MLP", "down_proj"), activation_arg(act));
+      .def(py::init([](py::object g, py::object u, py::object d, const std::string& act, py::object ub, py::object db,
+                       py::object gb) {
+             const char* op = "MLP";
+             return std::make_shared<MLP>(to_tensor_opt(g, op, "gate_proj"), to_tensor(u, op, "up_proj"),
+                                          to_tensor(d, op, "down_proj"), activation_from_name(act),
+                                          to_tensor_opt(ub, op, "up_bias"), to_tensor_opt(db, op, "down_bias"),
+                                          to_tensor_opt(gb, op, "gate_bias"));
            }),
-           py::arg("gate_proj"), py::arg("up_proj"), py::arg("down_proj"), py::arg("activation") = "silu");
+           py::arg("gate_proj"), py::arg("up_proj"), py::arg("down_proj"), py::arg("activation") = "silu",
+           py::arg("up_bias") = py::none(), py::arg("down_bias") = py::none(), py::arg("gate_bias") = py::none(),
+           "gate_proj None: the plain MLP down(act(up(x))).")
+      .def_property_readonly("gated", &MLP::gated)
+      .def_property_readonly("activation", [](const MLP& m) { return std::string(activation_name(m.act)); });
+
+  py::class_<Layer, Block, std::shared_ptr<Layer>>(m, "Layer")
+      .def(py::init<BlockPtr, BlockPtr, BlockPtr, BlockPtr, BlockPtr, BlockPtr, bool, bool, float>(), py::arg("mixer"),
+           py::arg("mlp") = nullptr, py::arg("attn_norm") = nullptr, py::arg("attn_post_norm") = nullptr,
+           py::arg("mlp_norm") = nullptr, py::arg("mlp_post_norm") = nullptr, py::arg("parallel") = false,
+           py::arg("norm_after_add") = false, py::arg("residual_scale") = 1.f)
+      .def_readonly("mixer", &Layer::mixer)
+      .def_readonly("mlp", &Layer::mlp)
+      .def_readonly("attn_norm", &Layer::attn_norm)
+      .def_readonly("attn_post_norm", &Layer::attn_post_norm)
+      .def_readonly("mlp_norm", &Layer::mlp_norm)
+      .def_readonly("mlp_post_norm", &Layer::mlp_post_norm)
+      .def_readonly("parallel", &Layer::parallel)
+      .def_readonly("norm_after_add", &Layer::norm_after_add)
+      .def_readonly("residual_scale", &Layer::residual_scale);
+
+  py::class_<PatternHooks, std::shared_ptr<PatternHooks>>(m, "Hooks",
+                                                          "Captures and replacements for CausalLM.forward, by block "
+                                                          "path glob (see lmblocks.Model.capture).")
+      .def(py::init<>())
+      .def("capture", &PatternHooks::add_capture, py::arg("pattern"))
+      .def("replace",
+           [](PatternHooks& h, const std::string& pattern, py::function fn) {
+             h.add_replace(pattern, [fn](const std::string& path, const Context& ctx, const Tensor& out) -> Tensor {
+               py::gil_scoped_acquire gil;
+               py::array pos = py::array_t<int64_t>(py::ssize_t(ctx.pos.size()), ctx.pos.data());
+               py::object r = fn(path, to_numpy(out), pos);
+               if (r.is_none()) return out;
+               Tensor t = to_tensor(r, "hook", "replacement");
+               if (t.dtype() != DType::f32) t = t.to(DType::f32);
+               return t;
+             });
+           },
+           py::arg("pattern"), py::arg("fn"),
+           "fn(path, out, positions) -> array like out, or None to keep out (it may also change out in place).")
+      .def_property_readonly("patterns", [](const PatternHooks& h) { return h.capture_patterns; })
+      .def("records",
+           [](const PatternHooks& h) {
+             py::list out;
+             for (const auto& r : h.records)
+               out.append(py::make_tuple(r.key, to_numpy(r.value),
+                                         py::array_t<int64_t>(py::ssize_t(r.pos.size()), r.pos.data()),
+                                         py::array_t<int32_t>(py::ssize_t(r.seq.size()), r.seq.data())));
+             return out;
+           },
+           "[(\"path.point\", value, positions, sequences)] in the order captured.")
+      .def("clear", [](PatternHooks& h) { h.records.clear(); });
 
   py::class_<Residual, Block, std::shared_ptr<Residual>>(m, "Residual")
       .def(py::init<BlockPtr, BlockPtr, BlockPtr>(), py::arg("pre"), py::arg("inner"), py::arg("post") = nullptr)
@@ -140,25 +207,28 @@ void bind_blocks(py::module_ m) {
            },
            py::arg("n_seq") = 1, py::arg("n_ctx") = 2048, py::arg("n_batch") = 512, py::arg("dtype") = "f32")
       .def("forward",
-           [](CausalLM& m, KVCache& cache, py::object tokens, py::object seq, const std::string& logits) {
+           [](CausalLM& m, KVCache& cache, py::object tokens, py::object seq, const std::string& logits,
+              PatternHooks* hooks) {
              const Tensor tt = to_tensor(tokens, "CausalLM.forward", "tokens");
              const Tensor ts = to_tensor_opt(seq, "CausalLM.forward", "seq");
              const Logits l = logits_arg(logits);
              Tensor out;
              {
                py::gil_scoped_release nogil;
-               out = m.forward(cache, tt, ts, l);
+               out = m.forward(cache, tt, ts, l, hooks);
              }
              if (!out.defined()) return py::object(py::none());
              return py::object(to_numpy(out));
            },
-           py::arg("cache"), py::arg("tokens"), py::arg("seq") = py::none(), py::arg("logits") = "last")
+           py::arg("cache"), py::arg("tokens"), py::arg("seq") = py::none(), py::arg("logits") = "last",
+           py::arg("hooks") = nullptr)
       .def_readonly("body", &CausalLM::body)
       .def_readonly("norm", &CausalLM::norm)
       .def_property_readonly("embed_tokens", [](const CausalLM& m) { return m.embed_tokens; })
       .def_property_readonly("lm_head", [](const CausalLM& m) { return m.lm_head; })
       .def_readonly("embed_scale", &CausalLM::embed_scale)
       .def_readonly("final_softcap", &CausalLM::final_softcap)
+      .def_readwrite("logit_scale", &CausalLM::logit_scale, "Logits are multiplied by this (Granite: 1 / logits_scaling).")
       .def_property_readonly("vocab_size", &CausalLM::vocab_size)
       .def_property_readonly("model_dim", &CausalLM::model_dim);
 }

@@ -18,6 +18,7 @@ void bind_ops(py::module_ m);
 void bind_bench(py::module_ m);
 void bind_quant(py::module_ m);
 void bind_blocks(py::module_ m);
+void bind_moe(py::module_ m);  // into the same "nn" module, after bind_blocks
 void bind_text(py::module_ m);
 void bind_sampling(py::module_ m);
 

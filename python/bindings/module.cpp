@@ -11,6 +11,8 @@ PYBIND11_MODULE(_core, m) {
   lb::py_bind::bind_bench(m.def_submodule("bench", "Machine ceilings measured in-process"));
   lb::py_bind::bind_quant(m.def_submodule("quant", "ggml block formats"));
   lb::py_bind::bind_text(m.def_submodule("text", "Tokenizer data and merge loops"));
-  lb::py_bind::bind_blocks(m.def_submodule("nn", "Native blocks and the decoder that runs them"));
+  auto nn = m.def_submodule("nn", "Native blocks and the decoder that runs them");
+  lb::py_bind::bind_blocks(nn);
+  lb::py_bind::bind_moe(nn);
   lb::py_bind::bind_sampling(m.def_submodule("sampling", "The sampler chain on a logits vector"));
 }

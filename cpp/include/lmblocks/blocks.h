@@ -9,6 +9,7 @@
 // V vocab, S sequences in the cache, C cache capacity (positions) of a layer.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -24,6 +25,8 @@ struct PackedWeight;  // lmblocks/quant.h
 namespace lb::blocks {
 
 class Attention;
+class Block;
+class Hooks;
 class KVCache;
 
 // Tokens [begin, begin + n) of the batch continue sequence `seq` at positions pos0, pos0 + 1, ...
@@ -39,6 +42,7 @@ class Context {
   std::vector<int64_t> pos;  // (N,) absolute position of each token
   std::vector<Run> runs;
   KVCache* cache = nullptr;
+  Hooks* hooks = nullptr;  // what this pass captures or replaces (see Hooks); null: nothing, at no cost
 
   // The cos/sin table of this batch's positions for `rope`, built on first use and shared by every
   // layer with the same rope settings.
@@ -58,11 +62,20 @@ class Block {
   virtual ~Block() = default;
   // x (N, D) -> (N, D'); may return x itself after changing it in place.
   virtual Tensor forward(Context& ctx, const Tensor& x) = 0;
-  // Children, so containers can be walked (cache layout, memory report).
-  virtual std::vector<std::shared_ptr<Block>> children() const { return {}; }
+  // forward() with the pass's hooks: capture "in"/"out", replace the output. Containers call children
+  // through this; with no hooks set it is forward() and one pointer test.
+  Tensor run(Context& ctx, const Tensor& x);
+  // Children by name, so containers can be walked (paths, cache layout, memory report).
+  virtual std::vector<std::pair<std::string, std::shared_ptr<Block>>> named_children() const { return {}; }
+  std::vector<std::shared_ptr<Block>> children() const;
   // The weight tensors this block holds itself, by Hugging Face-style short name.
   virtual std::vector<std::pair<std::string, Tensor>> weights() const { return {}; }
   virtual std::string kind() const = 0;
+  // The name a Layer gives this block when it holds it: "attn", "mlp", "moe", "norm" ...
+  virtual std::string role() const { return "block"; }
+
+  // Where the block sits in its model ("layers.3.attn"), set by CausalLM (name_blocks); hooks match it.
+  std::string path;
 };
 using BlockPtr = std::shared_ptr<Block>;
 
@@ -73,14 +86,29 @@ class RMSNorm : public Block {
   Tensor forward(Context& ctx, const Tensor& x) override;
   std::vector<std::pair<std::string, Tensor>> weights() const override { return {{"weight", weight}}; }
   std::string kind() const override { return "RMSNorm"; }
+  std::string role() const override { return "norm"; }
   Tensor weight;  // (D,)
   float eps, offset;
+};
+
+// (x - mean) / sqrt(var + eps) * weight + bias per row; weight and bias optional (OLMo's is neither).
+class LayerNorm : public Block {
+ public:
+  LayerNorm(int64_t dim, Tensor weight, Tensor bias, float eps);
+  Tensor forward(Context& ctx, const Tensor& x) override;
+  std::vector<std::pair<std::string, Tensor>> weights() const override;
+  std::string kind() const override { return "LayerNorm"; }
+  std::string role() const override { return "norm"; }
+  int64_t dim;
+  Tensor weight, bias;  // (D,) each, or undefined
+  float eps;
 };
 
 struct AttentionConfig {
   int64_t n_heads = 0, n_kv_heads = 0, head_dim = 0;
   ops::Rope rope;
   int64_t window = 0;   // sliding window: key j visible from position p when p - j < window; 0 = global
+  bool causal = true;   // false: every token of a sequence's batch sees all of that batch and the cache
   float scale = 0.f;    // 0 means 1 / sqrt(head_dim)
   float softcap = 0.f;  // Gemma 2's attention logit softcap; 0 = none
   float qk_norm_eps = 1e-6f;
@@ -88,7 +116,8 @@ struct AttentionConfig {
 };
 
 // Causal self-attention over the KV cache: q/k/v projections (any weight dtype, optional bias),
-// optional per-head RMSNorm of q and k (Gemma 3, Qwen 3), rope, GQA/MQA, output projection.
+// optional RMSNorm of q and k, per head ((hd,) weights: Gemma 3, Qwen 3) or over all heads at once
+// ((H*hd,) and (Hkv*hd,) weights: OLMo 2, OLMoE), rope, GQA/MQA, output projection.
 class Attention : public Block {
  public:
   Attention(const AttentionConfig& cfg, Tensor q_proj, Tensor k_proj, Tensor v_proj, Tensor o_proj,
@@ -96,26 +125,38 @@ class Attention : public Block {
   Tensor forward(Context& ctx, const Tensor& x) override;
   std::vector<std::pair<std::string, Tensor>> weights() const override;
   std::string kind() const override { return "Attention"; }
+  std::string role() const override { return "attn"; }
   int64_t model_dim() const { return q_proj.dim(1); }
 
   AttentionConfig cfg;
   Tensor q_proj, k_proj, v_proj, o_proj;  // (H*hd, D) (Hkv*hd, D) (Hkv*hd, D) (D, H*hd)
   Tensor q_bias, k_bias, v_bias, o_bias;  // optional, (out,)
-  Tensor q_norm, k_norm;                  // optional, (hd,)
+  Tensor q_norm, k_norm;                  // optional, (hd,) or (H*hd,) / (Hkv*hd,)
 };
 
-enum class Activation { silu, gelu_tanh, gelu_erf };
+// relu2 is ReLU squared (Primer, So et al. 2021).
+enum class Activation { silu, gelu_tanh, gelu_erf, relu, relu2 };
+Activation activation_from_name(const std::string& name);  // "silu", "gelu_tanh", "gelu", "relu", "relu2" ...
+const char* activation_name(Activation a);
 
-// down(act(gate(x)) * up(x)), the gated MLP of Llama (SwiGLU) and Gemma (GeGLU).
+// act(h) in place, h (N, F) f32 contiguous.
+void activate(Tensor& h, Activation act);
+// act(gate) * up into gate, both (N, F) f32 contiguous.
+void activate_gated(Tensor& gate, const Tensor& up, Activation act);
+
+// down(act(gate(x)) * up(x)), the gated MLP of Llama (SwiGLU) and Gemma (GeGLU); without gate_proj,
+// down(act(up(x))), the plain MLP of GPT-2 and BERT. Biases optional.
 class MLP : public Block {
  public:
-  MLP(Tensor gate_proj, Tensor up_proj, Tensor down_proj, Activation act);
+  MLP(Tensor gate_proj, Tensor up_proj, Tensor down_proj, Activation act, Tensor up_bias = {},
+      Tensor down_bias = {}, Tensor gate_bias = {});
   Tensor forward(Context& ctx, const Tensor& x) override;
-  std::vector<std::pair<std::string, Tensor>> weights() const override {
-    return {{"gate_proj", gate_proj}, {"up_proj", up_proj}, {"down_proj", down_proj}};
-  }
+  std::vector<std::pair<std::string, Tensor>> weights() const override;
   std::string kind() const override { return "MLP"; }
-  Tensor gate_proj, up_proj, down_proj;  // (F, D) (F, D) (D, F)
+  std::string role() const override { return "mlp"; }
+  bool gated() const { return gate_proj.defined(); }
+  Tensor gate_proj, up_proj, down_proj;  // (F, D) (F, D) (D, F); gate_proj undefined for a plain MLP
+  Tensor gate_bias, up_bias, down_bias;  // optional (F,) (F,) (D,)
   Activation act;
 };
 
@@ -125,9 +166,32 @@ class Residual : public Block {
  public:
   Residual(BlockPtr pre, BlockPtr inner, BlockPtr post);
   Tensor forward(Context& ctx, const Tensor& x) override;
-  std::vector<BlockPtr> children() const override;
+  std::vector<std::pair<std::string, BlockPtr>> named_children() const override;
   std::string kind() const override { return "Residual"; }
   BlockPtr pre, inner, post;
+};
+
+// One layer of a stack: a token mixer (attention, Mamba ...) and a channel MLP (dense or MoE), each a
+// residual sub-layer with optional norms around it. Norm placements (`norm_after_add` false unless said):
+//   pre (Llama):             x += f(norm(x))              in_norm
+//   sandwich (Gemma 2/3):    x += out_norm(f(norm(x)))    in_norm, out_norm
+//   output (OLMo 2):         x += out_norm(f(x))          out_norm
+//   post (BERT, GPT-1):      x = out_norm(x + f(x))       out_norm, norm_after_add
+// parallel (GPT-J, Falcon, Cohere): x += mixer(n(x)) + mlp(n'(x)), n' = mlp_norm or else attn_norm.
+// residual_scale multiplies what each sub-layer adds (Granite's residual_multiplier).
+// Either mixer or mlp may be absent (a Mamba-only layer has no MLP). Children are named by role:
+// "attn" / "mlp" / "moe" ..., and "attn_norm", "attn_post_norm", "mlp_norm", "mlp_post_norm".
+class Layer : public Block {
+ public:
+  Layer(BlockPtr mixer, BlockPtr mlp, BlockPtr attn_norm, BlockPtr attn_post_norm, BlockPtr mlp_norm,
+        BlockPtr mlp_post_norm, bool parallel, bool norm_after_add, float residual_scale = 1.f);
+  Tensor forward(Context& ctx, const Tensor& x) override;
+  std::vector<std::pair<std::string, BlockPtr>> named_children() const override;
+  std::string kind() const override { return "Layer"; }
+  std::string role() const override { return "layer"; }
+  BlockPtr mixer, mlp, attn_norm, attn_post_norm, mlp_norm, mlp_post_norm;
+  bool parallel, norm_after_add;
+  float residual_scale;
 };
 
 // Blocks applied in order.
@@ -135,10 +199,63 @@ class Sequential : public Block {
  public:
   explicit Sequential(std::vector<BlockPtr> blocks);
   Tensor forward(Context& ctx, const Tensor& x) override;
-  std::vector<BlockPtr> children() const override { return blocks; }
+  std::vector<std::pair<std::string, BlockPtr>> named_children() const override;  // "0", "1", ...
   std::string kind() const override { return "Sequential"; }
   std::vector<BlockPtr> blocks;
 };
+
+// What a forward pass captures or replaces. A point of a block is "in" or "out" of any block, or one a
+// block offers itself (Attention: "probs"; MoE: "router", "experts", "expert_weights"). Captured values
+// are tensors whose first axis is the batch's tokens; a hook copies what it keeps.
+class Hooks {
+ public:
+  virtual ~Hooks() = default;
+  virtual bool wants(const std::string& path, const char* point) const = 0;
+  virtual void capture(const std::string& path, const char* point, const Context& ctx, const Tensor& value) = 0;
+  virtual bool replaces(const std::string& path) const = 0;
+  // The output to use instead of `out` (same shape), or `out` itself.
+  virtual Tensor replace(const std::string& path, const Context& ctx, const Tensor& out) = 0;
+};
+
+// Hand `value` (computed by `make()` only when wanted) to the pass's hooks as `point` of block b.
+template <class Make>
+inline void capture_point(Context& ctx, const Block& b, const char* point, Make&& make) {
+  if (ctx.hooks && ctx.hooks->wants(b.path, point)) ctx.hooks->capture(b.path, point, ctx, make());
+}
+inline bool wants_point(const Context& ctx, const Block& b, const char* point) {
+  return ctx.hooks && ctx.hooks->wants(b.path, point);
+}
+
+// Hooks from glob patterns: "layers.*.attn.probs" ('*' matches within one dot-separated name, '**'
+// across names); a last name that is a known point ("in", "out", "probs", ...) picks the point, else
+// "out". Captures are kept as copies in order; replacements call a function with the output.
+class PatternHooks : public Hooks {
+ public:
+  using Replace = std::function<Tensor(const std::string& path, const Context& ctx, const Tensor& out)>;
+  void add_capture(const std::string& pattern);
+  void add_replace(const std::string& pattern, Replace fn);
+  bool wants(const std::string& path, const char* point) const override;
+  void capture(const std::string& path, const char* point, const Context& ctx, const Tensor& value) override;
+  bool replaces(const std::string& path) const override;
+  Tensor replace(const std::string& path, const Context& ctx, const Tensor& out) override;
+
+  struct Record {
+    std::string key;  // "path.point"
+    Tensor value;
+    std::vector<int64_t> pos;  // position of each row's token
+    std::vector<int32_t> seq;  // sequence of each row's token
+  };
+  std::vector<Record> records;
+  std::vector<std::string> capture_patterns;  // as given
+
+ private:
+  struct Pattern {
+    std::string block, point;
+  };
+  std::vector<Pattern> captures_;
+  std::vector<std::pair<Pattern, Replace>> replaces_;
+};
+bool glob_match(const std::string& pattern, const std::string& path);
 
 // Keys and values of every attention block for S sequences. A global layer keeps C = n_ctx positions;
 // a sliding-window layer keeps a ring of window + n_batch - 1 (a chunk of n_batch new tokens is written
@@ -174,7 +291,8 @@ class KVCache {
 enum class Logits { last, all, none };
 
 // Token embedding (scaled by embed_scale), the body, a final norm, the output head (lm_head or the
-// tied embedding) and an optional final logit softcap.
+// tied embedding), logits multiplied by logit_scale (Granite divides by its logits_scaling) and an
+// optional final logit softcap.
 class CausalLM {
  public:
   CausalLM(Tensor embed_tokens, float embed_scale, BlockPtr body, BlockPtr norm, Tensor lm_head, float final_softcap);
@@ -182,7 +300,8 @@ class CausalLM {
   // tokens (N,) i32 in [0, V); seq (N,) i32 or undefined (all in sequence 0). Returns logits (N, V) for
   // Logits::all, (R, V) for the last token of each of the R sequences in the batch (in order of first
   // appearance) for Logits::last, and an empty tensor for none. Long batches run in chunks of n_batch.
-  Tensor forward(KVCache& cache, const Tensor& tokens, const Tensor& seq, Logits logits);
+  // hooks (optional) see every block's points on the way (paths: "layers.3.attn", "norm").
+  Tensor forward(KVCache& cache, const Tensor& tokens, const Tensor& seq, Logits logits, Hooks* hooks = nullptr);
 
   std::shared_ptr<KVCache> make_cache(int64_t n_seq, int64_t n_ctx, int64_t n_batch, DType dtype) const;
   const std::vector<const Attention*>& attention_blocks() const { return attention_; }
@@ -194,6 +313,7 @@ class CausalLM {
   BlockPtr body, norm;
   Tensor lm_head;  // (V, D)
   float final_softcap;
+  float logit_scale = 1.f;
 
  private:
   std::vector<const Attention*> attention_;  // found once in body: what a cache holds
@@ -203,3 +323,4 @@ class CausalLM {
 };
 
 }  // namespace lb::blocks
+#include "lmblocks/moe.h"  // IWYU pragma: export

@@ -1,6 +1,8 @@
 // Causal self-attention over the KV cache (Vaswani et al. 2017), with grouped kv heads (Ainslie et
 // al. 2023), sliding windows (Mistral, Gemma), QK-norm (Gemma 3) and rope (Su et al. 2021). The
 // attention itself is ops::attention_heads (cpp/src/ops/attention.cpp), reading the cache in place.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -18,10 +20,57 @@ void check_proj(const Tensor& w, int64_t rows, int64_t cols, const char* name) {
   detail::check_matrix(w, rows, cols, "Attention", name);
 }
 
-void check_vec(const Tensor& b, int64_t n, const char* name) {
-  if (b.defined() && (b.ndim() != 1 || b.dim(0) != n))
-    throw ValueError(std::string("Attention: ") + name + " has shape " + shape_str(b.shape()) + "; expected (" +
-                     std::to_string(n) + ",)");
+void check_vec(const Tensor& b, int64_t n, const char* name) { detail::check_vector(b, n, "Attention", name); }
+
+// The attention probabilities of every query of the batch, (N, H, S) with S the largest position seen
+// plus one: row (i, h) holds query i's weights on key positions 0 .. S-1 (0 where a key is not visible).
+// Only for hooks, so plain loops: keys are read back from the cache in its type.
+Tensor probabilities(const Context& ctx, const KVCache::Layer& L, const AttentionConfig& cfg, const Tensor& q) {
+  const int64_t N = ctx.N, H = cfg.n_heads, G = H / cfg.n_kv_heads, hd = cfg.head_dim, C = L.capacity;
+  int64_t S = 0;
+  for (const Run& r : ctx.runs) S = std::max(S, r.pos0 + r.n);
+  Tensor out = Tensor::zeros({N, H, S});
+  const float scale = cfg.scale > 0.f ? cfg.scale : 1.f / std::sqrt(float(hd));
+  const bool f16 = L.k.dtype() == DType::f16;
+  const auto to_f32 = LB_DISPATCH(f16_to_f32);
+  for (const Run& run : ctx.runs) {
+    const int64_t end = run.pos0 + run.n;  // keys of this sequence: positions [0, end)
+    parallel_for(run.n * H, 1, [&](int64_t a, int64_t b) {
+      std::vector<float> key(static_cast<size_t>(hd)), sc(static_cast<size_t>(end));
+      for (int64_t th = a; th < b; ++th) {
+        const int64_t t = th / H, h = th % H, i = run.begin + t, p = run.pos0 + t, g = h / G;
+        const float* qi = q.data<float>() + (i * H + h) * hd;
+        int64_t lo = 0, hi = cfg.causal ? p + 1 : end;
+        if (cfg.window > 0) {
+          lo = std::max<int64_t>(0, p - cfg.window + 1);
+          if (!cfg.causal) hi = std::min(end, p + cfg.window);
+        }
+        lo = std::max(lo, end - C);  // a ring holds the last C positions (window layers need no more)
+        float mx = -INFINITY;
+        for (int64_t j = lo; j < hi; ++j) {
+          const int64_t off = ((run.seq * cfg.n_kv_heads + g) * C + j % C) * hd;
+          const float* kj;
+          if (f16) {
+            to_f32(static_cast<const uint16_t*>(L.k.raw()) + off, key.data(), hd);
+            kj = key.data();
+          } else {
+            kj = static_cast<const float*>(L.k.raw()) + off;
+          }
+          float d = 0.f;
+          for (int64_t e = 0; e < hd; ++e) d += qi[e] * kj[e];
+          d *= scale;
+          if (cfg.softcap > 0.f) d = cfg.softcap * std::tanh(d / cfg.softcap);
+          sc[size_t(j)] = d;
+          mx = std::max(mx, d);
+        }
+        float sum = 0.f;
+        for (int64_t j = lo; j < hi; ++j) sum += sc[size_t(j)] = std::exp(sc[size_t(j)] - mx);
+        float* row = out.data<float>() + (i * H + h) * S;
+        for (int64_t j = lo; j < hi; ++j) row[j] = sc[size_t(j)] / sum;
+      }
+    });
+  }
+  return out;
 }
 
 }  // namespace
@@ -45,8 +94,8 @@ Attention::Attention(const AttentionConfig& c, Tensor q, Tensor k, Tensor v, Ten
   check_vec(k_bias, Hkv * hd, "k_bias");
   check_vec(v_bias, Hkv * hd, "v_bias");
   check_vec(o_bias, D, "o_bias");
-  check_vec(q_norm, hd, "q_norm");
-  check_vec(k_norm, hd, "k_norm");
+  check_vec(q_norm, q_norm.defined() && q_norm.numel() == H * hd ? H * hd : hd, "q_norm");
+  check_vec(k_norm, k_norm.defined() && k_norm.numel() == Hkv * hd ? Hkv * hd : hd, "k_norm");
   const int64_t rd = cfg.rope.rotary_dim == 0 ? hd : cfg.rope.rotary_dim;
   if (rd < 0 || rd > hd || rd % 2 != 0)
     throw ValueError("Attention: rotary_dim " + std::to_string(cfg.rope.rotary_dim) + " with head_dim " +
@@ -69,12 +118,12 @@ Tensor Attention::forward(Context& ctx, const Tensor& x) {
   Tensor q = ops::linear(x, q_proj, q_bias);  // (N, H*hd)
   Tensor k = ops::linear(x, k_proj, k_bias);  // (N, Hkv*hd)
   Tensor v = ops::linear(x, v_proj, v_bias);  // (N, Hkv*hd)
-  if (q_norm.defined()) {
-    Tensor qh = q.view({N * H, hd});
+  if (q_norm.defined()) {  // per head, or over the whole row when the weight covers every head
+    Tensor qh = q_norm.dim(0) == hd ? q.view({N * H, hd}) : q;
     ops::rms_norm(qh, q_norm, cfg.qk_norm_eps, cfg.qk_norm_offset, qh);
   }
   if (k_norm.defined()) {
-    Tensor kh = k.view({N * Hkv, hd});
+    Tensor kh = k_norm.dim(0) == hd ? k.view({N * Hkv, hd}) : k;
     ops::rms_norm(kh, k_norm, cfg.qk_norm_eps, cfg.qk_norm_offset, kh);
   }
   const ops::RopeTable& rt = ctx.rope_table(cfg.rope, hd);
@@ -122,14 +171,16 @@ Tensor Attention::forward(Context& ctx, const Tensor& x) {
       const int64_t off = (run.seq * Hkv + g) * C * hd * esize;  // slot 0 of this (sequence, kv head)
       a.k = kc + off, a.v = vc + off;
       a.k_s = hd, a.v_s = hd, a.ring = C, a.f16 = f16;
-      a.T = run.n, a.p0 = run.pos0, a.S = run.pos0 + run.n;
+      a.T = run.n, a.p0 = run.pos0, a.S = run.pos0 + run.n;  // not causal: all S keys, masked by window only
       heads.push_back(a);
     }
   ops::Attention acfg;
+  acfg.causal = cfg.causal;
   acfg.window = cfg.window;
   acfg.scale = cfg.scale;
   acfg.softcap = cfg.softcap;
   ops::attention_heads(heads, acfg, G, hd, hd);
+  capture_point(ctx, *this, "probs", [&] { return probabilities(ctx, L, cfg, q); });
   return ops::linear(out, o_proj, o_bias);  // (N, D)
 }
 

@@ -26,6 +26,13 @@ void walk(const BlockPtr& b, F&& fn) {
   for (const BlockPtr& c : b->children()) walk(c, fn);
 }
 
+// Paths for hooks: b is `path`, its children path.name. A block placed twice keeps the last path.
+void name_blocks(const BlockPtr& b, const std::string& path) {
+  if (!b) return;
+  b->path = path;
+  for (const auto& [name, c] : b->named_children()) name_blocks(c, path + "." + name);
+}
+
 int64_t int_at(const Tensor& t, int64_t i) {
   return index_at(static_cast<const std::byte*>(t.raw()) + i * t.strides()[0], t.dtype());
 }
@@ -131,6 +138,8 @@ CausalLM::CausalLM(Tensor embed, float scale, BlockPtr body_, BlockPtr norm_, Te
     throw ValueError("CausalLM: lm_head has shape " + shape_str(lm_head.shape()) + "; expected " +
                      shape_str(embed_tokens.shape()) + " to match embed_tokens");
   if (!body) throw ValueError("CausalLM: body is required");
+  name_blocks(body, "layers");
+  name_blocks(norm, "norm");
   walk(body, [&](const Block& b) {
     if (const auto* a = dynamic_cast<const Attention*>(&b)) attention_.push_back(a);
   });
@@ -172,7 +181,7 @@ std::shared_ptr<KVCache> CausalLM::make_cache(int64_t n_seq, int64_t n_ctx, int6
   return std::make_shared<KVCache>(attention_blocks(), n_seq, n_ctx, n_batch, dtype);
 }
 
-Tensor CausalLM::forward(KVCache& cache, const Tensor& tokens, const Tensor& seq, Logits logits) {
+Tensor CausalLM::forward(KVCache& cache, const Tensor& tokens, const Tensor& seq, Logits logits, Hooks* hooks) {
   check_ids(tokens, "tokens");
   check_ids(seq, "seq");
   const int64_t N = tokens.defined() ? tokens.dim(0) : 0, V = embed_tokens.dim(0);
@@ -218,6 +227,7 @@ Tensor CausalLM::forward(KVCache& cache, const Tensor& tokens, const Tensor& seq
   for (int64_t c0 = 0; c0 < N; c0 += B) {
     Context ctx;
     ctx.cache = &cache;
+    ctx.hooks = hooks;
     ctx.N = std::min(B, N - c0);
     ctx.pos.resize(size_t(ctx.N));
     std::vector<std::pair<int64_t, int64_t>> last_rows;  // (row in chunk, row of out) for Logits::last
@@ -246,11 +256,14 @@ Tensor CausalLM::forward(KVCache& cache, const Tensor& tokens, const Tensor& seq
       }
     }
   }
-  if (out.defined() && final_softcap > 0.f) {
+  if (out.defined() && (final_softcap > 0.f || logit_scale != 1.f)) {
     float* p = out.data<float>();
-    const float c = final_softcap;
+    const float c = final_softcap, s = logit_scale;
     parallel_for(out.numel(), 4096, [&](int64_t a, int64_t b) {
-      for (int64_t i = a; i < b; ++i) p[i] = c * std::tanh(p[i] / c);
+      for (int64_t i = a; i < b; ++i) {
+        p[i] *= s;
+        if (c > 0.f) p[i] = c * std::tanh(p[i] / c);
+      }
     });
   }
   return out;
@@ -274,9 +287,9 @@ Tensor CausalLM::forward_chunk(KVCache&, const int32_t* tokens, Context& ctx, Lo
     float* p = x.data<float>();
     for (int64_t i = 0; i < x.numel(); ++i) p[i] *= embed_scale;
   }
-  x = body->forward(ctx, x);
+  x = body->run(ctx, x);
   if (logits == Logits::none) return x;
-  return norm ? norm->forward(ctx, x) : x;
+  return norm ? norm->run(ctx, x) : x;
 }
 
 }  // namespace lb::blocks

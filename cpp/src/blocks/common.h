@@ -19,4 +19,11 @@ inline void check_matrix(const Tensor& w, int64_t rows, int64_t cols, const char
                     "; expected f32, f16, bf16 or a ggml block type");
 }
 
+// An optional (n,) vector (a bias, a norm weight): undefined, or 1-D of n.
+inline void check_vector(const Tensor& b, int64_t n, const char* block, const char* name) {
+  if (b.defined() && (b.ndim() != 1 || b.dim(0) != n))
+    throw ValueError(std::string(block) + ": " + name + " has shape " + shape_str(b.shape()) + "; expected (" +
+                     std::to_string(n) + ",)");
+}
+
 }  // namespace lb::blocks::detail

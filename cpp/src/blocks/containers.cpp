@@ -1,6 +1,10 @@
-// Blocks that hold blocks: the residual sub-layer and a sequence of blocks.
+// Blocks that hold blocks: the residual sub-layer, a stack's layer and a sequence of blocks.
 #include "lmblocks/blocks.h"
 #include "lmblocks/error.h"
+#include "lmblocks/ops.h"
+#include "lmblocks/runtime.h"
+
+#include <cmath>
 
 namespace lb::blocks {
 
@@ -10,9 +14,9 @@ Residual::Residual(BlockPtr pre_, BlockPtr inner_, BlockPtr post_)
 }
 
 Tensor Residual::forward(Context& ctx, const Tensor& x) {
-  Tensor h = pre ? pre->forward(ctx, x) : x;  // pre must not change x: the sum below needs it
-  h = inner->forward(ctx, h);
-  if (post) h = post->forward(ctx, h);
+  Tensor h = pre ? pre->run(ctx, x) : x;  // pre must not change x: the sum below needs it
+  h = inner->run(ctx, h);
+  if (post) h = post->run(ctx, h);
   if (h.shape() != x.shape())
     throw ValueError("Residual: inner block " + inner->kind() + " returned " + shape_str(h.shape()) + " for input " +
                      shape_str(x.shape()));
@@ -21,10 +25,92 @@ Tensor Residual::forward(Context& ctx, const Tensor& x) {
   return out;
 }
 
-std::vector<BlockPtr> Residual::children() const {
-  std::vector<BlockPtr> c;
-  for (const BlockPtr& b : {pre, inner, post})
-    if (b) c.push_back(b);
+std::vector<std::pair<std::string, BlockPtr>> Residual::named_children() const {
+  std::vector<std::pair<std::string, BlockPtr>> c;
+  if (pre) c.emplace_back("pre", pre);
+  c.emplace_back(inner->role(), inner);
+  if (post) c.emplace_back("post", post);
+  return c;
+}
+
+// ---- Layer -----------------------------------------------------------------------------------------
+
+Layer::Layer(BlockPtr mixer_, BlockPtr mlp_, BlockPtr an, BlockPtr apn, BlockPtr mn, BlockPtr mpn, bool parallel_,
+             bool after_add, float rscale)
+    : mixer(std::move(mixer_)), mlp(std::move(mlp_)), attn_norm(std::move(an)), attn_post_norm(std::move(apn)),
+      mlp_norm(std::move(mn)), mlp_post_norm(std::move(mpn)), parallel(parallel_), norm_after_add(after_add),
+      residual_scale(rscale) {
+  if (!std::isfinite(residual_scale)) throw ValueError("Layer: residual_scale must be finite");
+  if (!mixer && !mlp) throw ValueError("Layer: needs a mixer, an MLP or both");
+  if (mixer && mlp && mixer->role() == mlp->role())
+    throw ValueError("Layer: the mixer and the MLP are both '" + mixer->role() + "' blocks");
+  if (parallel && !(mixer && mlp)) throw ValueError("Layer: parallel needs both a mixer and an MLP");
+  if (parallel && norm_after_add) throw ValueError("Layer: parallel layers cannot put the norm after the residual add");
+  if (norm_after_add && ((mixer && !attn_post_norm) || (mlp && !mlp_post_norm)))
+    throw ValueError("Layer: norm placement 'post' needs a post norm for each sub-layer");
+}
+
+namespace {
+
+// x += s * h, in place (x and h (N, D) f32 contiguous).
+void add_scaled(Tensor& x, const Tensor& h, float s) {
+  if (s == 1.f) {
+    ops::add(x, h, x);
+    return;
+  }
+  float* xp = x.data<float>();
+  const float* hp = h.data<float>();
+  parallel_for(x.numel(), 1 << 14, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) xp[i] += s * hp[i];
+  });
+}
+
+// x += out_norm(f(in_norm(x))), or x = out_norm(x + f(x)) when the norm comes after the add.
+void sublayer(Context& ctx, Tensor& x, Block& f, Block* in_norm, Block* out_norm, bool after_add, float scale) {
+  Tensor h = in_norm ? in_norm->run(ctx, x) : x;  // in_norm must not change x: the sum below needs it
+  h = f.run(ctx, h);
+  if (h.shape() != x.shape())
+    throw ValueError("Layer: " + f.kind() + " returned " + shape_str(h.shape()) + " for input " + shape_str(x.shape()));
+  if (out_norm && !after_add) h = out_norm->run(ctx, h);
+  add_scaled(x, h, scale);
+  if (out_norm && after_add) {
+    Tensor y = out_norm->run(ctx, x);
+    if (y.raw() != x.raw()) ops::copy(y, x);
+  }
+}
+
+}  // namespace
+
+Tensor Layer::forward(Context& ctx, const Tensor& x_in) {
+  Tensor x = x_in;  // the residual stream, updated in place
+  if (!parallel) {
+    if (mixer) sublayer(ctx, x, *mixer, attn_norm.get(), attn_post_norm.get(), norm_after_add, residual_scale);
+    if (mlp) sublayer(ctx, x, *mlp, mlp_norm.get(), mlp_post_norm.get(), norm_after_add, residual_scale);
+    return x;
+  }
+  const Tensor n1 = attn_norm ? attn_norm->run(ctx, x) : x;
+  const Tensor n2 = mlp_norm ? mlp_norm->run(ctx, x) : n1;
+  Tensor a = mixer->run(ctx, n1);
+  if (attn_post_norm) a = attn_post_norm->run(ctx, a);
+  Tensor m = mlp->run(ctx, n2);
+  if (mlp_post_norm) m = mlp_post_norm->run(ctx, m);
+  if (a.shape() != x.shape() || m.shape() != x.shape())
+    throw ValueError("Layer: parallel branches returned " + shape_str(a.shape()) + " and " + shape_str(m.shape()) +
+                     " for input " + shape_str(x.shape()));
+  add_scaled(x, a, residual_scale);
+  add_scaled(x, m, residual_scale);
+  return x;
+}
+
+std::vector<std::pair<std::string, BlockPtr>> Layer::named_children() const {
+  std::vector<std::pair<std::string, BlockPtr>> c;
+  const std::string mix = mixer ? mixer->role() : "attn", ch = mlp ? mlp->role() : "mlp";
+  if (attn_norm) c.emplace_back(mix + "_norm", attn_norm);
+  if (mixer) c.emplace_back(mix, mixer);
+  if (attn_post_norm) c.emplace_back(mix + "_post_norm", attn_post_norm);
+  if (mlp_norm) c.emplace_back(ch + "_norm", mlp_norm);
+  if (mlp) c.emplace_back(ch, mlp);
+  if (mlp_post_norm) c.emplace_back(ch + "_post_norm", mlp_post_norm);
   return c;
 }
 
@@ -35,8 +121,14 @@ Sequential::Sequential(std::vector<BlockPtr> blocks_) : blocks(std::move(blocks_
 
 Tensor Sequential::forward(Context& ctx, const Tensor& x) {
   Tensor h = x;
-  for (const BlockPtr& b : blocks) h = b->forward(ctx, h);
+  for (const BlockPtr& b : blocks) h = b->run(ctx, h);
   return h;
+}
+
+std::vector<std::pair<std::string, BlockPtr>> Sequential::named_children() const {
+  std::vector<std::pair<std::string, BlockPtr>> c;
+  for (size_t i = 0; i < blocks.size(); ++i) c.emplace_back(std::to_string(i), blocks[i]);
+  return c;
 }
 
 }  // namespace lb::blocks

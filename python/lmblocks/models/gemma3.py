@@ -102,10 +102,10 @@ def build(args: Gemma3Args, w: Weights, progress=iter):
     def layer(i):
         p = f"model.layers.{i}."
         mlp = llama.mlp(args, w, p)
-        return nn.Sequential([
-            nn.Residual(norm(p + "input_layernorm.weight"), attention(p, i), norm(p + "post_attention_layernorm.weight")),
-            nn.Residual(norm(p + "pre_feedforward_layernorm.weight"), mlp, norm(p + "post_feedforward_layernorm.weight")),
-        ])
+        return nn.Layer(attention(p, i), mlp,
+                        attn_norm=norm(p + "input_layernorm.weight"), attn_post_norm=norm(p + "post_attention_layernorm.weight"),
+                        mlp_norm=norm(p + "pre_feedforward_layernorm.weight"),
+                        mlp_post_norm=norm(p + "post_feedforward_layernorm.weight"))
 
     return llama.build_decoder(args, w, (layer(i) for i in progress(range(args.num_hidden_layers))),
                                embed_scale=D ** 0.5, norm_offset=1.0,

@@ -59,12 +59,14 @@ def build_decoder(args: ModelArgs, w: Weights, layers, *, embed_scale: float = 1
                        head, final_softcap)
 
 
-def layer(args: ModelArgs, w: Weights, i: int, **attn_extra) -> "nn.Sequential":
+def layer(args: ModelArgs, w: Weights, i: int, mlp_block=None, **attn_extra) -> "nn.Layer":
+    """Pre-norm layer ``i``: attention and ``mlp_block`` (default: the dense MLP of the checkpoint)."""
     p = f"model.layers.{i}."
-    return nn.Sequential([
-        nn.Residual(norm(args, w, p + "input_layernorm.weight"), attention(args, w, p, **attn_extra)),
-        nn.Residual(norm(args, w, p + "post_attention_layernorm.weight"), mlp(args, w, p)),
-    ])
+    attn_norm = norm(args, w, p + "input_layernorm.weight")  # taken in file order: errors name the first bad tensor
+    attn = attention(args, w, p, **attn_extra)
+    mlp_norm = norm(args, w, p + "post_attention_layernorm.weight")
+    return nn.Layer(attn, mlp_block if mlp_block is not None else mlp(args, w, p), attn_norm=attn_norm,
+                    mlp_norm=mlp_norm)
 
 
 def build(args: ModelArgs, w: Weights, progress=iter) -> "nn.CausalLM":

@@ -26,10 +26,8 @@ def layer(args: ModelArgs, w: Weights, i: int):
                         **rope_kwargs(args.rope, args.rotary_dim, args.rope_interleaved, w.where))
     gate_up = w.take(p + "mlp.gate_up_proj.weight", (2 * F, D))
     mlp = nn.MLP(gate_up[:F], gate_up[F:], w.take(p + "mlp.down_proj.weight", (D, F)), activation=args.hidden_act)
-    return nn.Sequential([
-        nn.Residual(llama.norm(args, w, p + "input_layernorm.weight"), attn),
-        nn.Residual(llama.norm(args, w, p + "post_attention_layernorm.weight"), mlp),
-    ])
+    return nn.Layer(attn, mlp, attn_norm=llama.norm(args, w, p + "input_layernorm.weight"),
+                    mlp_norm=llama.norm(args, w, p + "post_attention_layernorm.weight"))
 
 
 def build(args: ModelArgs, w: Weights, progress=iter):
