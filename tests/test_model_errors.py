@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import lmblocks as lb
-from lmblocks import nn
+from lmblocks._core import nn  # the native blocks, weights first
 from lmblocks.io import FormatError
 
 

@@ -29,6 +29,8 @@ void bind_blocks(py::module_ m) {
   py::class_<Block, BlockPtr>(m, "Block")
       .def_property_readonly("kind", &Block::kind)
       .def_property_readonly("role", &Block::role)
+      .def_property_readonly("in_dim", &Block::in_dim, "Features per token in (-1: any).")
+      .def_property_readonly("out_dim", &Block::out_dim, "Features per token out (-1: any).")
       .def_property_readonly("children", &Block::children)
       .def_property_readonly("named_children", &Block::named_children)
       .def_readonly("path", &Block::path, "Where the block sits in its model (\"layers.3.attn\"); hooks match it.")
@@ -92,6 +94,15 @@ void bind_blocks(py::module_ m) {
       .def_property_readonly("head_dim", [](const Attention& a) { return a.cfg.head_dim; })
       .def_property_readonly("window", [](const Attention& a) { return a.cfg.window; })
       .def_property_readonly("causal", [](const Attention& a) { return a.cfg.causal; })
+      .def_property_readonly("rope_interleaved", [](const Attention& a) { return a.cfg.rope.interleaved; })
+      .def_property_readonly("rope_scaling",
+                             [](const Attention& a) {
+                               const auto& r = a.cfg.rope;
+                               return Scaling{r.scaling, r.factor, r.low_freq_factor, r.high_freq_factor,
+                                              r.original_max_position};
+                             })
+      .def_property_readonly("qk_norm_eps", [](const Attention& a) { return a.cfg.qk_norm_eps; })
+      .def_property_readonly("qk_norm_offset", [](const Attention& a) { return a.cfg.qk_norm_offset; })
       .def_property_readonly("scale", [](const Attention& a) { return a.cfg.scale; })
       .def_property_readonly("softcap", [](const Attention& a) { return a.cfg.softcap; })
       .def_property_readonly("rotary_dim", [](const Attention& a) { return a.cfg.rope.rotary_dim ? a.cfg.rope.rotary_dim : a.cfg.head_dim; })
@@ -126,6 +137,12 @@ void bind_blocks(py::module_ m) {
       .def_readonly("parallel", &Layer::parallel)
       .def_readonly("norm_after_add", &Layer::norm_after_add)
       .def_readonly("residual_scale", &Layer::residual_scale);
+
+  py::class_<Linear, Block, std::shared_ptr<Linear>>(m, "Linear")
+      .def(py::init([](py::object w, py::object b) {
+             return std::make_shared<Linear>(to_tensor(w, "Linear", "weight"), to_tensor_opt(b, "Linear", "bias"));
+           }),
+           py::arg("weight"), py::arg("bias") = py::none());
 
   py::class_<PatternHooks, std::shared_ptr<PatternHooks>>(m, "Hooks",
                                                           "Captures and replacements for CausalLM.forward, by block "

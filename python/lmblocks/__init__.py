@@ -36,10 +36,10 @@ from ._core import (  # noqa: E402
     zeros,
 )
 from . import assets, io, ops, sampling, tokenize  # noqa: E402
-from ._core import nn  # noqa: E402
 from ._core.text import StringTable  # noqa: E402
 from . import models  # noqa: E402
 from .model import Model, load  # noqa: E402
+from . import nn  # noqa: E402
 from .quant import dequantize, quantize  # noqa: E402
 from .convert import quantize_model  # noqa: E402
 from .io.detect import inspect  # noqa: E402

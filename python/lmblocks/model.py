@@ -12,16 +12,17 @@ token between decode steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import _core, models
+from . import _core, hooks, models
 from .io import FormatError, GGUFFile, SafetensorsCheckpoint
 from .io.detect import open_checkpoint
 from .io.llama2c import Llama2cFile
@@ -62,6 +63,7 @@ class Model:
         self._tokenizer_arg = None
         self._replaced: dict = {}
         self.quantization: dict | None = None  # set by lb.quantize_model: types and fallbacks
+        self._hooks = hooks.HookSet()
 
     def __repr__(self) -> str:
         a = self.args
@@ -79,6 +81,82 @@ class Model:
         self._cache_bytes = cache.nbytes
         return cache
 
+    def forward(self, cache, ids, logits: str = "last", seq=None):
+        """One native pass over token ids (see :class:`lmblocks.nn.CausalLM`), with the hooks of any
+        active :meth:`capture` / :meth:`intervene`. Every method that runs the model goes through here."""
+        h = self._hooks.native()
+        out = self.lm.forward(cache, ids, seq, logits, h)
+        self._hooks.collect(h)
+        return out
+
+    # ---- looking inside ----------------------------------------------------------------------------
+
+    def blocks(self) -> dict:
+        """Every native block by path (``layers.0``, ``layers.0.attn``, ``layers.0.mlp``, ``norm`` ...):
+        the names :meth:`capture` and :meth:`intervene` take."""
+        return hooks.named_blocks(self.lm)
+
+    def summary(self, context: int = 0, *, print_table: bool = True) -> dict:
+        """Per part (embedding, each layer, final norm, head): parameters, bytes, FLOPs per token, KV cache
+        bytes per token of context and the bytes a decode step reads, at ``context`` earlier positions
+        (definitions in :mod:`lmblocks.summary`). Prints the table (unless ``print_table=False``) and
+        returns ``{"parts": [Part ...], "totals": {...}, "table": str}``."""
+        from . import summary
+
+        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+            raise ValueError(f"summary: context must be an integer >= 0, got {context!r}")
+        ps = summary.parts(self, context, self.kv_dtype)
+        text = summary.table(ps, context)
+        if print_table:
+            print(text)
+        return {"parts": ps, "totals": summary.totals(ps), "table": text}
+
+    @contextlib.contextmanager
+    def capture(self, *patterns: str):
+        """Record activations while the block runs: ``with model.capture("layers.3.attn.probs") as acts:``.
+
+        A pattern is a block path (``layers.5`` = that layer's output), a path and a point
+        (``layers.5.in``, ``layers.3.attn.probs``, ``layers.2.moe.router``), with ``*`` globs
+        (``layers.*.out``). Yields an :class:`lmblocks.hooks.Activations`; see :mod:`lmblocks.hooks`.
+        Raises ValueError at once for a pattern that matches no block (or a point its blocks lack).
+        """
+        if not patterns:
+            raise ValueError("capture: give at least one pattern, e.g. 'layers.0.attn.probs'")
+        hooks.check_patterns(self.lm, patterns, "capture")
+        acts = hooks.Activations(patterns)
+        self._hooks.captures.append(acts)
+        try:
+            yield acts
+        finally:
+            self._hooks.captures.remove(acts)
+
+    @contextlib.contextmanager
+    def intervene(self, replacements: Mapping[str, Callable]):
+        """Replace block outputs while the block runs: ``{"layers.5.mlp": fn}``, ``fn(out)`` or
+        ``fn(out, info)`` (``info.path``, ``info.positions``) returning the new output (same shape), or
+        None after changing ``out`` in place. ``out`` (tokens, features) is valid only during the call.
+
+        >>> with model.intervene({"layers.*.mlp": lambda out: out * 0}):   # doctest: +SKIP
+        ...     ablated = model.logits(ids)
+        """
+        if not isinstance(replacements, Mapping) or not replacements:
+            raise ValueError("intervene: give a non-empty {pattern: fn} mapping")
+        for pat, fn in replacements.items():
+            if not callable(fn):
+                raise TypeError(f"intervene: the value for {pat!r} is not callable")
+            if hooks.split(pat)[1] != "out":
+                raise ValueError(f"intervene: {pat!r} names a point; only a block's output can be replaced")
+        hooks.check_patterns(self.lm, replacements, "intervene")
+        added = [(pat, hooks.replacement(fn)) for pat, fn in replacements.items()]
+        self._hooks.replacements.extend(added)
+        try:
+            yield self
+        finally:
+            for r in added:
+                self._hooks.replacements.remove(r)
+
+    # ---- running -----------------------------------------------------------------------------------
+
     def _ids(self, ids) -> np.ndarray:
         a = np.asarray(ids)
         if a.ndim != 1 or a.size == 0 or not np.issubdtype(a.dtype, np.integer):
@@ -90,7 +168,7 @@ class Model:
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits (T, vocab) float32 for every position of ``ids``, a fresh sequence from position 0."""
         a = self._ids(ids)
-        return self.lm.forward(self.new_cache(1, len(a)), a, logits="all")
+        return self.forward(self.new_cache(1, len(a)), a, logits="all")
 
     def perplexity(self, text: str | Sequence[int], *, window: int = 512, max_tokens: int | None = None,
                    verbose: bool = True) -> float:
@@ -116,7 +194,7 @@ class Model:
         for s in it:
             w = np.asarray(ids[s: s + window], dtype=np.int32)
             cache.clear()
-            lg = self.lm.forward(cache, w, logits="all")[:-1].astype(np.float64)  # (n-1, V)
+            lg = self.forward(cache, w, logits="all")[:-1].astype(np.float64)  # (n-1, V)
             mx = lg.max(axis=1, keepdims=True)
             lse = (mx[:, 0] + np.log(np.exp(lg - mx).sum(axis=1)))
             nll += float((lse - lg[np.arange(len(w) - 1), w[1:]]).sum())
@@ -191,7 +269,7 @@ class Model:
             return self.tokenizer.decode(context + history[len(ids):], skip_special=True)[len(base):]
 
         shown = 0
-        logits = self.lm.forward(cache, np.asarray(ids, np.int32))[0]
+        logits = self.forward(cache, np.asarray(ids, np.int32))[0]
         for step in range(max_tokens):
             t = sampler.sample(logits, history)
             if stop_at_eos and t in self.eos_ids:
@@ -211,7 +289,7 @@ class Model:
                         return
             if step + 1 == max_tokens or cache.length(0) >= cache.n_ctx:
                 break
-            logits = self.lm.forward(cache, np.asarray([t], np.int32))[0]
+            logits = self.forward(cache, np.asarray([t], np.int32))[0]
         if out_ids is None:
             text = continuation()
             piece, _ = matcher.feed(text[shown:])
@@ -239,8 +317,6 @@ class Model:
         from .convert import save_gguf
 
         save_gguf(self, path)
-
-    # ---- looking inside ----------------------------------------------------------------------------
 
     def memory(self) -> dict:
         """Where the bytes go: ``weights_mapped`` (used straight from the memory-mapped file),
@@ -276,6 +352,11 @@ def _load(path, tokenizer, n_ctx, kv_dtype, verbose, replaced: dict | None = Non
     path = os.fsdecode(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
+    from . import serialize
+
+    if serialize.is_saved_model(path):  # a model composed with lmblocks.nn and saved
+        tok = _tokenizer_file(tokenizer, 1 << 62) if tokenizer is not None else None
+        return serialize.load(path, n_ctx=n_ctx, kv_dtype=kv_dtype, tokenizer=tok)
     reader = open_checkpoint(path)
     replaced = dict(replaced or {})
     get = (lambda n: replaced[n] if n in replaced else reader.tensor(n)) if replaced else reader.tensor

@@ -73,6 +73,9 @@ class Block {
   virtual std::string kind() const = 0;
   // The name a Layer gives this block when it holds it: "attn", "mlp", "moe", "norm" ...
   virtual std::string role() const { return "block"; }
+  // Features in and out per token; -1 when the block takes any (containers check neighbours agree).
+  virtual int64_t in_dim() const { return -1; }
+  virtual int64_t out_dim() const { return in_dim(); }
 
   // Where the block sits in its model ("layers.3.attn"), set by CausalLM (name_blocks); hooks match it.
   std::string path;
@@ -87,6 +90,7 @@ class RMSNorm : public Block {
   std::vector<std::pair<std::string, Tensor>> weights() const override { return {{"weight", weight}}; }
   std::string kind() const override { return "RMSNorm"; }
   std::string role() const override { return "norm"; }
+  int64_t in_dim() const override { return weight.dim(0); }
   Tensor weight;  // (D,)
   float eps, offset;
 };
@@ -99,6 +103,7 @@ class LayerNorm : public Block {
   std::vector<std::pair<std::string, Tensor>> weights() const override;
   std::string kind() const override { return "LayerNorm"; }
   std::string role() const override { return "norm"; }
+  int64_t in_dim() const override { return dim; }
   int64_t dim;
   Tensor weight, bias;  // (D,) each, or undefined
   float eps;
@@ -126,6 +131,7 @@ class Attention : public Block {
   std::vector<std::pair<std::string, Tensor>> weights() const override;
   std::string kind() const override { return "Attention"; }
   std::string role() const override { return "attn"; }
+  int64_t in_dim() const override { return model_dim(); }
   int64_t model_dim() const { return q_proj.dim(1); }
 
   AttentionConfig cfg;
@@ -154,6 +160,7 @@ class MLP : public Block {
   std::vector<std::pair<std::string, Tensor>> weights() const override;
   std::string kind() const override { return "MLP"; }
   std::string role() const override { return "mlp"; }
+  int64_t in_dim() const override { return up_proj.dim(1); }
   bool gated() const { return gate_proj.defined(); }
   Tensor gate_proj, up_proj, down_proj;  // (F, D) (F, D) (D, F); gate_proj undefined for a plain MLP
   Tensor gate_bias, up_bias, down_bias;  // optional (F,) (F,) (D,)
@@ -189,9 +196,26 @@ class Layer : public Block {
   std::vector<std::pair<std::string, BlockPtr>> named_children() const override;
   std::string kind() const override { return "Layer"; }
   std::string role() const override { return "layer"; }
+  int64_t in_dim() const override { return dim_; }
   BlockPtr mixer, mlp, attn_norm, attn_post_norm, mlp_norm, mlp_post_norm;
   bool parallel, norm_after_add;
   float residual_scale;
+
+ private:
+  int64_t dim_ = -1;
+};
+
+// x @ weight^T + bias: a projection as a block (any weight dtype ops::linear reads).
+class Linear : public Block {
+ public:
+  Linear(Tensor weight, Tensor bias);
+  Tensor forward(Context& ctx, const Tensor& x) override;
+  std::vector<std::pair<std::string, Tensor>> weights() const override;
+  std::string kind() const override { return "Linear"; }
+  std::string role() const override { return "linear"; }
+  int64_t in_dim() const override { return weight.dim(1); }
+  int64_t out_dim() const override { return weight.dim(0); }
+  Tensor weight, bias;  // (out, in), (out,) optional
 };
 
 // Blocks applied in order.
@@ -201,6 +225,8 @@ class Sequential : public Block {
   Tensor forward(Context& ctx, const Tensor& x) override;
   std::vector<std::pair<std::string, BlockPtr>> named_children() const override;  // "0", "1", ...
   std::string kind() const override { return "Sequential"; }
+  int64_t in_dim() const override;
+  int64_t out_dim() const override;
   std::vector<BlockPtr> blocks;
 };
 

@@ -147,6 +147,12 @@ CausalLM::CausalLM(Tensor embed, float scale, BlockPtr body_, BlockPtr norm_, Te
     if (a->model_dim() != model_dim())
       throw ValueError("CausalLM: an attention block takes D=" + std::to_string(a->model_dim()) +
                        " but the embedding has D=" + std::to_string(model_dim()));
+  for (const auto& [what, b] : {std::pair<const char*, const BlockPtr*>{"body", &body}, {"norm", &norm}})
+    if (*b && (((*b)->in_dim() >= 0 && (*b)->in_dim() != model_dim()) ||
+               ((*b)->out_dim() >= 0 && (*b)->out_dim() != model_dim())))
+      throw ValueError(std::string("CausalLM: the ") + what + " maps " + std::to_string((*b)->in_dim()) + " to " +
+                       std::to_string((*b)->out_dim()) + " features but the embedding has D=" +
+                       std::to_string(model_dim()));
   pack_weights();
 }
 
@@ -156,8 +162,11 @@ CausalLM::CausalLM(Tensor embed, float scale, BlockPtr body_, BlockPtr norm_, Te
 void CausalLM::pack_weights() {
   std::vector<Tensor> mats = {lm_head};
   walk(body, [&](const Block& b) {
-    for (const auto& [name, t] : b.weights())
+    for (const auto& [name, t] : b.weights()) {
       if (t.ndim() == 2) mats.push_back(t);
+      if (t.ndim() == 3)  // stacked experts (E, rows, cols): ops::linear reads each expert's view
+        for (int64_t e = 0; e < t.dim(0); ++e) mats.push_back(t.select(0, e));
+    }
   });
   for (const Tensor& t : mats) {
     if ((t.dtype() == DType::f16 || t.dtype() == DType::bf16) && t.strides()[1] == 2 && !ops::find_packed(t)) {

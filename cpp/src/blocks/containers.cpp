@@ -48,6 +48,16 @@ Layer::Layer(BlockPtr mixer_, BlockPtr mlp_, BlockPtr an, BlockPtr apn, BlockPtr
   if (parallel && norm_after_add) throw ValueError("Layer: parallel layers cannot put the norm after the residual add");
   if (norm_after_add && ((mixer && !attn_post_norm) || (mlp && !mlp_post_norm)))
     throw ValueError("Layer: norm placement 'post' needs a post norm for each sub-layer");
+  // Every part maps D features to D: find D, then name the first part that disagrees.
+  for (const auto& [name, b] : named_children()) {
+    for (const auto& [what, d] : {std::pair<const char*, int64_t>{"takes", b->in_dim()}, {"returns", b->out_dim()}}) {
+      if (d < 0) continue;
+      if (dim_ < 0) dim_ = d;
+      if (d != dim_)
+        throw ValueError("Layer: " + name + " (" + b->kind() + ") " + what + " " + std::to_string(d) +
+                         " features but the layer's other parts use " + std::to_string(dim_));
+    }
+  }
 }
 
 namespace {
@@ -117,6 +127,26 @@ std::vector<std::pair<std::string, BlockPtr>> Layer::named_children() const {
 Sequential::Sequential(std::vector<BlockPtr> blocks_) : blocks(std::move(blocks_)) {
   for (const BlockPtr& b : blocks)
     if (!b) throw ValueError("Sequential: a block is None");
+  int64_t d = -1;  // features flowing between blocks, where known
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const int64_t in = blocks[i]->in_dim();
+    if (d >= 0 && in >= 0 && in != d)
+      throw ValueError("Sequential: block " + std::to_string(i) + " (" + blocks[i]->kind() + ") takes " +
+                       std::to_string(in) + " features but the block before it returns " + std::to_string(d));
+    if (blocks[i]->out_dim() >= 0) d = blocks[i]->out_dim();
+  }
+}
+
+int64_t Sequential::in_dim() const {
+  for (const BlockPtr& b : blocks)
+    if (b->in_dim() >= 0 || b->out_dim() >= 0) return b->in_dim();
+  return -1;
+}
+
+int64_t Sequential::out_dim() const {
+  for (auto it = blocks.rbegin(); it != blocks.rend(); ++it)
+    if ((*it)->out_dim() >= 0) return (*it)->out_dim();
+  return -1;
 }
 
 Tensor Sequential::forward(Context& ctx, const Tensor& x) {

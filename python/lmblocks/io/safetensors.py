@@ -162,3 +162,63 @@ class SafetensorsCheckpoint:
 
     def __repr__(self) -> str:
         return f"SafetensorsCheckpoint({len(self.files)} file(s), {len(self.tensors)} tensors)"
+
+
+_ST_DTYPE = {v: k for k, v in DTYPES.items() if k != "BOOL"}
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` (name -> Tensor or NumPy array) as one .safetensors file, in the given order,
+    data 8-byte aligned. Plain dtypes are stored as themselves; a ggml block type (which safetensors
+    cannot name) as its raw bytes, U8 of shape (..., bytes per row), with ``__metadata__`` key
+    ``lmblocks.dtype.<name>`` = "<dtype> <shape>" so :func:`block_tensor` can view it again. The file
+    appears at ``path`` only once complete."""
+    path = os.fsdecode(path)
+    meta = dict(metadata or {})
+    header, blobs, off = {}, [], 0
+    for name, t in tensors.items():
+        dtype = t.dtype if isinstance(t, Tensor) else {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16",
+                                                       np.dtype(np.float64): "f64", np.dtype(np.int32): "i32",
+                                                       np.dtype(np.int64): "i64", np.dtype(np.uint8): "u8",
+                                                       np.dtype(np.int8): "i8", np.dtype(np.int16): "i16"}.get(np.asarray(t).dtype)
+        raw = np.ascontiguousarray(np.asarray(t.contiguous() if isinstance(t, Tensor) else t))
+        if dtype is None:
+            raise ValueError(f"write_safetensors: tensor {name!r} has dtype {raw.dtype}, which safetensors cannot hold")
+        shape = [int(d) for d in t.shape]
+        if dtype in _ST_DTYPE:
+            st = _ST_DTYPE[dtype]
+        else:  # a ggml block type: its bytes
+            st = "U8"
+            meta[f"lmblocks.dtype.{name}"] = f"{dtype} {' '.join(map(str, shape))}"
+            shape = list(raw.shape)
+        data = raw.view(np.uint8).reshape(-1).tobytes() if raw.size else b""
+        header[name] = {"dtype": st, "shape": shape, "data_offsets": [off, off + len(data)]}
+        blobs.append(data)
+        off += len(data)
+    if meta:
+        header["__metadata__"] = meta
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
+    tmp = path + ".partial"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        for b in blobs:
+            f.write(b)
+    os.replace(tmp, path)
+
+
+def block_tensor(reader: "SafetensorsCheckpoint", name: str) -> Tensor:
+    """A tensor of ``reader`` as :func:`write_safetensors` wrote it: ggml block types viewed as such."""
+    spec = reader.metadata.get(f"lmblocks.dtype.{name}")
+    if spec is None:
+        return reader.tensor(name)
+    dtype, *dims = spec.split()
+    try:
+        shape = tuple(int(d) for d in dims)
+        f = reader._owner[name]
+        info = f.tensors[name]
+        return f._map.tensor(info.offset, shape, dtype)
+    except (ValueError, KeyError) as e:
+        raise FormatError(f"tensor {name!r}: metadata says {spec!r}, which does not fit its bytes ({e})") from None
+

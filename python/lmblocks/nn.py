@@ -1,0 +1,373 @@
+"""Compose a language model from native blocks.
+
+Every class here is a C++ block (``lmblocks._core.nn``) with a Python constructor that takes sizes:
+weights come from ``weights={name: array}`` (NumPy arrays or lmblocks Tensors, shared, not copied) or
+from a seeded random init. A :class:`Model` built from an :class:`Embedding`, a :class:`Stack` of
+:class:`Layer` s, a norm and a head runs like a loaded checkpoint: one native call per forward pass,
+every layer and token, the GIL released.
+
+>>> import lmblocks as lb
+>>> from lmblocks import nn
+>>> nn.seed(0)
+>>> D = 64
+>>> layer = lambda i: nn.Layer(nn.Attention(D, 4, 2), nn.MLP(D, 128))
+>>> model = nn.Model(nn.Embedding(100, D), nn.Stack("AAAA", {"A": layer}), nn.RMSNorm(D))
+>>> len(model.generate_ids([1, 2, 3], 5))
+5
+
+Random init draws from the generator set by :func:`seed` (or a block's ``rng=``): matrices
+``normal(0, std)``, norm weights 1 and biases 0. ``dtype`` stores a block's matrices as ``f32``,
+``f16``, ``bf16`` or a ggml block type (``q8_0``, ``q4_k`` ...), quantized with :func:`lmblocks.quantize`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import _core
+from .quant import quantize
+
+_c = _core.nn
+Block = _c.Block
+Sequential = _c.Sequential
+Residual = _c.Residual
+CausalLM = _c.CausalLM
+KVCache = _c.KVCache
+Hooks = _c.Hooks
+
+_rng = np.random.default_rng(0)
+
+_PLAIN = {"f32": np.float32, "float32": np.float32, "f16": np.float16, "float16": np.float16}
+
+
+def seed(s: int) -> None:
+    """Seed the generator that blocks built with ``init="normal"`` and no ``rng`` draw from."""
+    global _rng
+    _rng = np.random.default_rng(s)
+
+
+class _Params:
+    """Hands out a block's parameters: given ones by name (checked against the expected shape), else a
+    random init; matrices converted to the block's dtype."""
+
+    def __init__(self, block: str, weights: Mapping | None, init: str, std: float, dtype: str, rng):
+        if init not in ("normal", "zeros"):
+            raise ValueError(f"{block}: init must be 'normal' or 'zeros', got {init!r}")
+        if not (isinstance(std, (int, float)) and std >= 0):
+            raise ValueError(f"{block}: std must be a number >= 0, got {std!r}")
+        self.block, self.init, self.std, self.dtype = block, init, float(std), dtype
+        self.rng = rng if rng is not None else _rng
+        self.given = dict(weights or {})
+        self.used: set[str] = set()
+
+    def _given(self, name, shape):
+        w = self.given[name]
+        self.used.add(name)
+        if w is None:
+            return None
+        if tuple(w.shape) != tuple(shape):
+            raise ValueError(f"{self.block}: weight {name!r} has shape {tuple(w.shape)}; expected {tuple(shape)}")
+        return w
+
+    def matrix(self, name, shape):
+        if name in self.given:
+            return self._given(name, shape)
+        w = (self.rng.standard_normal(shape, dtype=np.float32) * np.float32(self.std) if self.init == "normal"
+             else np.zeros(shape, np.float32))
+        return as_dtype(w, self.dtype, f"{self.block}.{name}")
+
+    def vector(self, name, n, fill=0.0, want=True):
+        if name in self.given:
+            return self._given(name, (n,))
+        return np.full(n, fill, np.float32) if want else None
+
+    def check_used(self):
+        extra = sorted(set(self.given) - self.used)
+        if extra:
+            raise ValueError(f"{self.block}: unknown weight names {extra}")
+
+
+def as_dtype(w, dtype: str, where: str = "weight"):
+    """A float32 matrix stored as ``dtype`` (f32, f16, bf16 or a ggml block type)."""
+    if dtype in _PLAIN:
+        return np.ascontiguousarray(w, _PLAIN[dtype])
+    if dtype in ("bf16", "bfloat16"):
+        return _core.asarray(np.ascontiguousarray(w, np.float32)).astype("bf16")
+    try:
+        return quantize(w, dtype)
+    except ValueError as e:
+        raise ValueError(f"{where}: cannot store as {dtype!r}: {e}") from None
+
+
+def _positive(block, **kw):
+    for k, v in kw.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise ValueError(f"{block}: {k} must be a positive integer, got {v!r}")
+
+
+# ---- blocks -----------------------------------------------------------------------------------------
+
+
+class Embedding:
+    """Token embedding table (vocab, dim), rows multiplied by ``scale`` (Gemma: sqrt(dim))."""
+
+    def __init__(self, vocab: int, dim: int, *, weight=None, scale: float = 1.0, init: str = "normal",
+                 std: float = 0.02, dtype: str = "f32", rng=None):
+        _positive("Embedding", vocab=vocab, dim=dim)
+        p = _Params("Embedding", {"weight": weight} if weight is not None else None, init, std, dtype, rng)
+        self.weight = p.matrix("weight", (vocab, dim))
+        self.vocab, self.dim, self.scale = vocab, dim, float(scale)
+
+    def __repr__(self):
+        return f"Embedding({self.vocab}, {self.dim})"
+
+
+class Linear(_c.Linear):
+    """y = x @ weight.T + bias; weight (out, in) of any dtype."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = False, weights: Mapping | None = None,
+                 init: str = "normal", std: float = 0.02, dtype: str = "f32", rng=None):
+        _positive("Linear", in_features=in_features, out_features=out_features)
+        p = _Params("Linear", weights, init, std, dtype, rng)
+        w = p.matrix("weight", (out_features, in_features))
+        b = p.vector("bias", out_features, want=bias)
+        p.check_used()
+        super().__init__(w, b)
+
+
+class RMSNorm(_c.RMSNorm):
+    """x / sqrt(mean(x^2) + eps) * (offset + weight)."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, offset: float = 0.0, weight=None):
+        _positive("RMSNorm", dim=dim)
+        w = np.full(dim, 1.0 - offset, np.float32) if weight is None else weight
+        super().__init__(w, eps=eps, offset=offset)
+
+
+class LayerNorm(_c.LayerNorm):
+    """(x - mean) / sqrt(var + eps) * weight + bias; ``affine=False`` for neither, ``bias=False`` for no bias."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, affine: bool = True, bias: bool = True, weights=None):
+        _positive("LayerNorm", dim=dim)
+        p = _Params("LayerNorm", weights, "zeros", 0.0, "f32", None)
+        w = p.vector("weight", dim, 1.0, want=affine)
+        b = p.vector("bias", dim, 0.0, want=affine and bias)
+        p.check_used()
+        super().__init__(dim, w, b, eps)
+
+
+_ROPE_SCALING = ("none", "linear", "llama3")
+
+
+class Attention(_c.Attention):
+    """Multi-head self-attention with rope over the KV cache: MHA (``n_kv_heads == n_heads``), GQA, or MQA
+    (``n_kv_heads=1``).
+
+    ``causal=False`` lets a sequence's tokens in one batch see each other (an encoder's whole input in one
+    call). ``window``: sliding window (keys within the last ``window`` positions). ``qk_norm``: RMSNorm of
+    q and k per head (``"head"``, Qwen 3, Gemma 3) or across all heads (``"all"``, OLMo 2). ``bias``:
+    q/k/v biases (Qwen 2), ``o_bias``: output bias. ``rope_scaling``: ``{"rope_type": "linear" | "llama3",
+    "factor": ..., ...}`` as Hugging Face's. ``scale``: score scale (default 1/sqrt(head_dim));
+    ``softcap``: Gemma 2's logit soft-capping. ``qk_norm_offset``: q/k norms scale by (offset + w), 1 for
+    Gemma. Weights: q_proj, k_proj, v_proj, o_proj, q_bias, k_bias,
+    v_bias, o_bias, q_norm, k_norm.
+    """
+
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, head_dim: int | None = None, *,
+                 bias: bool = False, o_bias: bool = False, qk_norm: str | None = None, qk_norm_eps: float = 1e-6,
+                 qk_norm_offset: float = 0.0,
+                 rope_theta: float = 10000.0, rotary_dim: int | None = None, rope_interleaved: bool = False,
+                 rope_scaling: Mapping | None = None, window: int = 0, causal: bool = True,
+                 scale: float | None = None, softcap: float = 0.0, weights: Mapping | None = None,
+                 init: str = "normal", std: float = 0.02, dtype: str = "f32", rng=None):
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        _positive("Attention", dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads)
+        if head_dim is None:
+            if dim % n_heads:
+                raise ValueError(f"Attention: dim {dim} is not a multiple of n_heads {n_heads}; pass head_dim")
+            head_dim = dim // n_heads
+        _positive("Attention", head_dim=head_dim)
+        if n_heads % n_kv_heads:
+            raise ValueError(f"Attention: n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
+        if qk_norm not in (None, "head", "all"):
+            raise ValueError(f"Attention: qk_norm must be None, 'head' or 'all', got {qk_norm!r}")
+        H, Hkv, hd = n_heads, n_kv_heads, head_dim
+        p = _Params("Attention", weights, init, std, dtype, rng)
+        q = p.matrix("q_proj", (H * hd, dim))
+        k = p.matrix("k_proj", (Hkv * hd, dim))
+        v = p.matrix("v_proj", (Hkv * hd, dim))
+        o = p.matrix("o_proj", (dim, H * hd))
+        qb, kb, vb = (p.vector(n, m * hd, want=bias) for n, m in (("q_bias", H), ("k_bias", Hkv), ("v_bias", Hkv)))
+        ob = p.vector("o_bias", dim, want=o_bias)
+        nq, nk = (hd, hd) if qk_norm == "head" else (H * hd, Hkv * hd)
+        # Given q/k norm weights may be per head or whole-row: the native block checks which.
+        qn, kn = (p.given[n] if n in p.given else np.ones(m, np.float32) if qk_norm else None
+                  for n, m in (("q_norm", nq), ("k_norm", nk)))
+        p.used |= {"q_norm", "k_norm"} & set(p.given)
+        p.check_used()
+        rs = dict(rope_scaling or {})
+        kind = rs.get("rope_type", rs.get("type", "none"))
+        kind = "none" if kind == "default" else kind
+        if kind not in _ROPE_SCALING:
+            raise ValueError(f"Attention: rope_scaling type {kind!r} is not one of {_ROPE_SCALING}")
+        scaling = (kind, float(rs.get("factor", 1.0)), float(rs.get("low_freq_factor", 1.0)),
+                   float(rs.get("high_freq_factor", 4.0)), float(rs.get("original_max_position_embeddings", 8192)))
+        super().__init__(H, Hkv, hd, q, k, v, o, qb, kb, vb, ob, qn, kn, rope_theta=float(rope_theta),
+                         rotary_dim=int(rotary_dim or 0), rope_interleaved=bool(rope_interleaved),
+                         rope_scaling=scaling, window=int(window), scale=float(scale or 0.0), softcap=float(softcap),
+                         qk_norm_eps=float(qk_norm_eps), qk_norm_offset=float(qk_norm_offset), causal=bool(causal))
+
+
+class MLP(_c.MLP):
+    """down(act(gate(x)) * up(x)) (``gated=True``: SwiGLU with silu, GeGLU with gelu), or down(act(up(x))).
+    Activations: silu, gelu, gelu_tanh, relu, relu2 (ReLU squared). Weights: gate_proj, up_proj,
+    down_proj, gate_bias, up_bias, down_bias."""
+
+    def __init__(self, dim: int, hidden: int, *, gated: bool = True, activation: str = "silu", bias: bool = False,
+                 weights: Mapping | None = None, init: str = "normal", std: float = 0.02, dtype: str = "f32",
+                 rng=None):
+        _positive("MLP", dim=dim, hidden=hidden)
+        p = _Params("MLP", weights, init, std, dtype, rng)
+        g = p.matrix("gate_proj", (hidden, dim)) if gated else None
+        u = p.matrix("up_proj", (hidden, dim))
+        d = p.matrix("down_proj", (dim, hidden))
+        gb = p.vector("gate_bias", hidden, want=bias and gated)
+        ub = p.vector("up_bias", hidden, want=bias)
+        db = p.vector("down_bias", dim, want=bias)
+        p.check_used()
+        super().__init__(g, u, d, activation=activation, up_bias=ub, down_bias=db, gate_bias=gb)
+
+
+def _norm(kind, dim: int, eps: float):
+    if callable(kind) and not isinstance(kind, str):
+        return kind(dim)
+    if kind in ("rms", "rmsnorm"):
+        return RMSNorm(dim, eps=eps)
+    if kind in ("layer", "layernorm"):
+        return LayerNorm(dim, eps=eps)
+    raise ValueError(f"Layer: norm_type must be 'rms', 'layer' or a callable dim -> norm block, got {kind!r}")
+
+
+_PLACEMENTS = ("pre", "post", "sandwich", "output", "none")
+
+
+class Layer(_c.Layer):
+    """One layer: a token mixer (``Attention`` ...) and an MLP (``MLP``, ``MoE``), each a residual sub-layer.
+
+    ``norm``: where the norms go — ``"pre"`` x += f(n(x)) (Llama), ``"sandwich"`` x += n2(f(n1(x))) (Gemma
+    2/3), ``"output"`` x += n(f(x)) (OLMo 2), ``"post"`` x = n(x + f(x)) (BERT), ``"none"``.
+    ``norm_type``: ``"rms"``, ``"layer"`` or a callable ``dim -> block``. ``parallel=True``: x += mixer(n(x))
+    + mlp(n(x)) (GPT-J, Falcon). ``residual_scale`` multiplies each sub-layer's output (Granite).
+    Norm blocks can also be given: ``attn_norm=``, ``attn_post_norm=``, ``mlp_norm=``, ``mlp_post_norm=``.
+    """
+
+    def __init__(self, mixer=None, mlp=None, *, norm: str = "pre", norm_type="rms", eps: float = 1e-6,
+                 parallel: bool = False, residual_scale: float = 1.0, dim: int | None = None, **norms):
+        if norm not in _PLACEMENTS:
+            raise ValueError(f"Layer: norm must be one of {_PLACEMENTS}, got {norm!r}")
+        bad = set(norms) - {"attn_norm", "attn_post_norm", "mlp_norm", "mlp_post_norm"}
+        if bad:
+            raise TypeError(f"Layer: unexpected arguments {sorted(bad)}")
+        if dim is None:
+            dims = [b.in_dim for b in (mixer, mlp) if b is not None and b.in_dim >= 0]
+            if not dims:
+                raise ValueError("Layer: cannot tell the model dim from the blocks; pass dim=")
+            dim = dims[0]
+        pre = norm in ("pre", "sandwich")
+        out = norm in ("sandwich", "output", "post")
+        if parallel and norm not in ("pre", "none"):
+            raise ValueError(f"Layer: parallel layers take norm 'pre' or 'none', got {norm!r}")
+
+        def make(key, want, sub):
+            if key in norms:
+                return norms[key]
+            return _norm(norm_type, dim, eps) if want and sub is not None else None
+
+        an = make("attn_norm", pre, mixer)
+        apn = make("attn_post_norm", out, mixer)
+        mn = make("mlp_norm", pre and not parallel, mlp)
+        mpn = make("mlp_post_norm", out, mlp)
+        super().__init__(mixer, mlp, an, apn, mn, mpn, parallel=parallel, norm_after_add=norm == "post",
+                         residual_scale=float(residual_scale))
+
+
+class Stack(_c.Sequential):
+    """Layers by pattern: ``Stack("AAMA", {"A": make_attn_layer, "M": make_moe_layer})`` calls
+    ``blocks[key](i)`` for layer i with key ``pattern[i]`` (a str of one-letter keys, or a list of keys),
+    or takes a list of ready blocks: ``Stack([layer0, layer1])``."""
+
+    def __init__(self, pattern: str | Sequence, blocks: Mapping[str, Callable[[int], object]] | None = None):
+        if blocks is None:
+            layers = list(pattern)
+        else:
+            keys = list(pattern)
+            unknown = sorted({k for k in keys if k not in blocks}, key=str)
+            if unknown:
+                raise ValueError(f"Stack: pattern {pattern!r} names {unknown}, which are not among the blocks "
+                                 f"{sorted(blocks, key=str)}")
+            layers = [blocks[k](i) for i, k in enumerate(keys)]
+        if not layers:
+            raise ValueError("Stack: no layers")
+        for i, b in enumerate(layers):
+            if not isinstance(b, _c.Block):
+                raise TypeError(f"Stack: layer {i} is a {type(b).__name__}, not a block")
+        self.pattern = pattern if blocks is not None else None
+        super().__init__(layers)
+
+
+# ---- a model from parts -----------------------------------------------------------------------------
+
+from .model import Model as _LoadedModel  # noqa: E402
+
+
+class Model(_LoadedModel):
+    """A language model from parts: ``Model(embedding, stack, norm, head=None, tie=True)``.
+
+    ``head``: an (vocab, dim) weight array / Tensor or :class:`Linear` (none with ``tie=True``: the
+    embedding is the head). ``tokenizer``: an lmblocks tokenizer for text in and out (else use token ids:
+    :meth:`generate_ids`, :meth:`logits`). Everything else is :class:`lmblocks.Model`'s: ``generate``,
+    ``stream``, ``logits``, ``perplexity``, ``capture``, ``summary``, ``save``.
+    """
+
+    def __init__(self, embedding: Embedding, stack, norm=None, head=None, *, tie: bool = True, tokenizer=None,
+                 n_ctx: int = 2048, kv_dtype: str = "f32", logit_scale: float = 1.0, final_softcap: float = 0.0,
+                 eos_ids: Sequence[int] = (), name: str = "custom"):
+        if not isinstance(embedding, Embedding):
+            raise TypeError(f"Model: embedding must be an nn.Embedding, got {type(embedding).__name__}")
+        if isinstance(head, _c.Linear):
+            head = head.weights()["weight"]
+        if head is not None and tie:
+            tie = False
+        if head is None and not tie:
+            head = Embedding(embedding.vocab, embedding.dim).weight
+        lm = CausalLM(embedding.weight, embedding.scale, stack, norm, head, final_softcap)
+        lm.logit_scale = float(logit_scale)
+        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 0 < n_ctx <= 1 << 40:
+            raise ValueError(f"Model: n_ctx must be a positive integer up to 2^40, got {n_ctx!r}")
+        if kv_dtype not in ("f32", "f16"):
+            raise ValueError(f"Model: kv_dtype must be 'f32' or 'f16', got {kv_dtype!r}")
+        super().__init__(lm, None, tokenizer, None, eos_ids=eos_ids, n_ctx=n_ctx, kv_dtype=kv_dtype, path=name,
+                         converted_bytes=0, mapped_bytes=0)
+        self.embedding, self.stack, self.norm, self.tied = embedding, stack, norm, head is None
+        self.name = name
+
+    def __repr__(self) -> str:
+        return (f"nn.Model({self.name!r}, {len(self.stack)} layers, D={self.embedding.dim}, "
+                f"vocab {self.embedding.vocab}, n_ctx {self.n_ctx})")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model to the folder ``path``: ``lmblocks.json`` (its blocks and settings) and
+        ``model.safetensors`` (its weights, by block path, in their dtypes). ``lmblocks.load(path)`` reads
+        it back. (A GGUF file needs an architecture llama.cpp names; not written for composed models yet.)"""
+        from . import serialize
+
+        if os.fsdecode(path).endswith(".gguf"):
+            raise NotImplementedError("saving a composed model as GGUF is not supported yet; save to a folder")
+        serialize.save(self, path)
+
+
+__all__ = ["seed", "as_dtype", "Embedding", "Linear", "RMSNorm", "LayerNorm", "Attention", "MLP", "Layer", "Stack",
+           "Model", "Block", "Sequential", "Residual", "CausalLM", "KVCache", "Hooks"]
