@@ -37,12 +37,12 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import peers  # noqa: E402
+import report  # noqa: E402
 
 PREFILL_LENS = (128, 512)
 DECODE_LEN = 64
 CONTEXTS = (0, 1024)
 N_CTX = 2048
-MARK_BEGIN, MARK_END = "<!-- llm.py begin -->", "<!-- llm.py end -->"
 
 
 # ---- lmblocks under the peers' protocol ----------------------------------------------------------
@@ -191,22 +191,6 @@ def table(results: list[dict], bandwidth: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(record: dict, md: str) -> None:
-    stamp = record["utc"].replace(":", "").replace("-", "")
-    out = HERE / "results" / f"llm-{stamp}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(record, indent=1))
-    res = HERE / "RESULTS.md"
-    text = res.read_text() if res.exists() else ""
-    block = f"{MARK_BEGIN}\n{md}\n{MARK_END}"
-    if MARK_BEGIN in text:
-        text = text[:text.index(MARK_BEGIN)] + block + text[text.index(MARK_END) + len(MARK_END):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    res.write_text(text)
-    print(f"wrote {out} and {res}")
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -225,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.report:
         record = json.loads(args.report.read_text())
-        write_report(record, render(record))
+        report.write("llm", record, render(record))
         return
     if args.quick:
         args.models, args.rounds, args.torch = ["smollm2-q4_1"], 1, ["none"]
@@ -266,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
               "threads": args.threads, "rounds": args.rounds, "results": results}
     md = render(record)
     print(md)
-    write_report(record, md)
+    report.write("llm", record, md)
 
 
 def render(record: dict) -> str:
