@@ -430,7 +430,7 @@ def _from_gguf(reader: GGUFFile, path: str, get):
     from .tokenize import ChatTemplate, from_gguf_metadata
 
     arch = reader.architecture
-    module = models.BY_GGUF_ARCH.get(arch)
+    module = models.for_gguf(arch, reader.metadata)
     if module is None:
         raise FormatError(f"{path}: architecture {arch!r} (general.architecture) is not supported; supported: "
                           f"{', '.join(sorted(models.BY_GGUF_ARCH))}")

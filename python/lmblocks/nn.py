@@ -241,6 +241,48 @@ class MLP(_c.MLP):
         super().__init__(g, u, d, activation=activation, up_bias=ub, down_bias=db, gate_bias=gb)
 
 
+class MoE(_c.MoE):
+    """A sparse MLP: a router scores ``n_experts`` expert MLPs per token, the ``top_k`` best run and their
+    outputs are summed with the routing weights (softmax scores renormalized over the chosen,
+    ``norm_topk=True`` (Mixtral), or raw (OLMoE); ``scoring="sigmoid"`` for DeepSeek-style scores).
+    Experts are stored stacked, one (E, hidden, dim) tensor per projection, in ``dtype``; the router
+    stays float32. ``shared_hidden > 0`` adds a dense shared expert every token goes through
+    (``shared_gate=True``: scaled by sigmoid(x . g), Qwen2-MoE). A decode step reads only the chosen
+    experts' weights; prefill groups tokens by expert. Weights: router, gate_proj, up_proj,
+    down_proj, router_bias, selection_bias, shared_gate; ``shared=`` takes a ready ``MLP``.
+
+    Hook points: ``router`` (tokens, E) logits, ``experts`` (tokens, top_k) chosen experts,
+    ``expert_weights`` (tokens, top_k).
+    """
+
+    def __init__(self, dim: int, hidden: int, n_experts: int, top_k: int, *, gated: bool = True,
+                 activation: str = "silu", scoring: str = "softmax", norm_topk: bool = True,
+                 routed_scale: float = 1.0, router_bias: bool = False, shared_hidden: int = 0,
+                 shared_gate: bool = False, shared=None, weights: Mapping | None = None, init: str = "normal",
+                 std: float = 0.02, dtype: str = "f32", rng=None):
+        _positive("MoE", dim=dim, hidden=hidden, n_experts=n_experts, top_k=top_k)
+        if top_k > n_experts:
+            raise ValueError(f"MoE: top_k {top_k} is more than n_experts {n_experts}")
+        E = n_experts
+        p = _Params("MoE", weights, init, std, dtype, rng)
+        f32 = _Params("MoE", weights, init, std, "f32", p.rng)  # router and shared gate stay float32
+        router = f32.matrix("router", (E, dim))
+        g = p.matrix("gate_proj", (E, hidden, dim)) if gated else None
+        u = p.matrix("up_proj", (E, hidden, dim))
+        d = p.matrix("down_proj", (E, dim, hidden))
+        rb = p.vector("router_bias", E, want=router_bias)
+        sb = p.vector("selection_bias", E, want=False)
+        if shared is None and shared_hidden:
+            shared = MLP(dim, shared_hidden, gated=gated, activation=activation, init=init, std=std, dtype=dtype,
+                         rng=p.rng)
+        sg = f32.matrix("shared_gate", (1, dim)) if (shared_gate or "shared_gate" in f32.given) else None
+        p.used |= f32.used
+        p.check_used()
+        super().__init__(router, g, u, d, top_k, scoring=scoring, norm_topk=norm_topk, activation=activation,
+                         router_bias=rb, selection_bias=sb, routed_scale=float(routed_scale), shared=shared,
+                         shared_gate=sg)
+
+
 def _norm(kind, dim: int, eps: float):
     if callable(kind) and not isinstance(kind, str):
         return kind(dim)
@@ -369,5 +411,5 @@ class Model(_LoadedModel):
         serialize.save(self, path)
 
 
-__all__ = ["seed", "as_dtype", "Embedding", "Linear", "RMSNorm", "LayerNorm", "Attention", "MLP", "Layer", "Stack",
+__all__ = ["seed", "as_dtype", "Embedding", "Linear", "RMSNorm", "LayerNorm", "Attention", "MLP", "MoE", "Layer", "Stack",
            "Model", "Block", "Sequential", "Residual", "CausalLM", "KVCache", "Hooks"]

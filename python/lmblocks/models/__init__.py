@@ -10,16 +10,24 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import gemma3, llama, mistral, phi3, qwen2
+from . import gemma3, granitemoe, llama, mistral, mixtral, olmoe, phi3, qwen2, qwen2_moe, qwen3_moe
 from .base import ModelArgs, Weights
 
-_MODULES = (llama, mistral, qwen2, phi3, gemma3)
+_MODULES = (llama, mistral, qwen2, phi3, gemma3, mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe)
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in _MODULES for t in m.MODEL_TYPES}
 BY_GGUF_ARCH: dict[str, ModuleType] = {a: m for m in _MODULES for a in m.GGUF_ARCHS}
+
+
+def for_gguf(arch: str, metadata: dict) -> ModuleType | None:
+    """The architecture file for a GGUF file's ``general.architecture``. llama.cpp writes Mixtral as
+    "llama" with ``llama.expert_count``: such files go to :mod:`.mixtral`, dense ones to :mod:`.llama`."""
+    if arch == "llama" and metadata.get("llama.expert_count"):
+        return mixtral
+    return BY_GGUF_ARCH.get(arch)
 
 
 def args_class(module: ModuleType) -> type[ModelArgs]:
     return getattr(module, "ARGS", ModelArgs)
 
 
-__all__ = ["BY_MODEL_TYPE", "BY_GGUF_ARCH", "ModelArgs", "Weights", "args_class"]
+__all__ = ["BY_MODEL_TYPE", "BY_GGUF_ARCH", "for_gguf", "ModelArgs", "Weights", "args_class"]

@@ -193,6 +193,16 @@ GGUF_NAMES = {
     "blk.{i}.ffn_gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
     "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
     "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
+    # Mixture of experts: the router, the experts stacked per projection ((E, F, D) (E, F, D) (E, D, F),
+    # names of our own: Hugging Face stores them per expert or fused), and a shared expert with its gate.
+    "blk.{i}.ffn_gate_inp.weight": "model.layers.{i}.mlp.gate.weight",
+    "blk.{i}.ffn_gate_exps.weight": "model.layers.{i}.mlp.experts.gate_proj",
+    "blk.{i}.ffn_up_exps.weight": "model.layers.{i}.mlp.experts.up_proj",
+    "blk.{i}.ffn_down_exps.weight": "model.layers.{i}.mlp.experts.down_proj",
+    "blk.{i}.ffn_gate_shexp.weight": "model.layers.{i}.mlp.shared_expert.gate_proj.weight",
+    "blk.{i}.ffn_up_shexp.weight": "model.layers.{i}.mlp.shared_expert.up_proj.weight",
+    "blk.{i}.ffn_down_shexp.weight": "model.layers.{i}.mlp.shared_expert.down_proj.weight",
+    "blk.{i}.ffn_gate_inp_shexp.weight": "model.layers.{i}.mlp.shared_expert_gate.weight",
 }
 
 
@@ -246,6 +256,12 @@ def gguf_config(md: dict, arch: str, model_type: str, where: str) -> dict:
                           f"({arch}.embedding_length {D} / {arch}.attention.head_count {H})")
     if rd and hd and rd != hd:
         cfg["partial_rotary_factor"] = rd / hd
+    for key, name in (("expert_count", "num_experts"), ("expert_used_count", "num_experts_per_tok"),
+                      ("expert_feed_forward_length", "moe_intermediate_size"),
+                      ("expert_shared_feed_forward_length", "shared_expert_intermediate_size"),
+                      ("expert_weights_norm", "norm_topk_prob")):
+        if get(key) is not None:
+            cfg[name] = get(key)
     kind = get("rope.scaling.type")
     if kind not in (None, "none"):
         cfg["rope_scaling"] = {"rope_type": kind, "factor": float(get("rope.scaling.factor", 1.0))}
