@@ -413,3 +413,37 @@ def test_summary_counts_match_transformers_parameters(tmp_path, capsys):
     assert tot["kv_bytes_per_token"] == L * 2 * Hkv * hd * 4 and tot["kv_bytes"] == 100 * tot["kv_bytes_per_token"]
     f32 = 4 * sum(p.numel() for n, p in ref.named_parameters() if "embed_tokens" not in n)
     assert tot["decode_bytes"] == f32 + 4 * cfg.hidden_size + tot["kv_bytes"]
+
+
+def test_moe_model_summary_counts_active_experts_and_round_trips(tmp_path):
+    """An MoE of 8 experts, top-2, with a gated shared expert: the summary's FLOPs count the router, the
+    shared expert and 2 of 8 experts; saving keeps every setting."""
+    rng = np.random.default_rng(0)
+    Dm, F, E, k, Fs = 64, 48, 8, 2, 32
+    layer = lambda i: nn.Layer(nn.Attention(Dm, 4, 2, rng=rng),  # noqa: E731
+                               nn.MoE(Dm, F, E, k, shared_hidden=Fs, shared_gate=True, norm_topk=False,
+                                      scoring="sigmoid", routed_scale=2.5, rng=rng, std=0.2))
+    model = nn.Model(nn.Embedding(V, Dm, rng=rng), nn.Stack("MM", {"M": layer}), nn.RMSNorm(Dm))
+    tot = model.summary(print_table=False)["totals"]
+    attn = 2 * Dm * Dm + 2 * Dm * 32
+    per_layer = attn + E * Dm + Dm + 3 * Dm * Fs + k * 3 * Dm * F  # router, shared gate, shared, k experts
+    assert tot["flops"] == 2 * (2 * per_layer + V * Dm)
+    assert tot["params"] == V * Dm + Dm + 2 * (attn + E * Dm + Dm + 3 * Dm * Fs + E * 3 * Dm * F + 2 * Dm)
+    model.save(tmp_path / "moe")
+    back = lb.load(tmp_path / "moe")
+    moe = back.lm.body[1].mlp
+    assert (moe.kind, moe.top_k, moe.scoring, moe.norm_topk, moe.routed_scale) == ("MoE", k, "sigmoid", False, 2.5)
+    ids = [4, 8, 15, 16, 23, 42]
+    np.testing.assert_array_equal(back.logits(ids), model.logits(ids))
+    with back.capture("layers.*.moe.experts") as acts:
+        back.logits(ids)
+    assert acts["layers.0.moe.experts"].shape == (6, k)
+
+
+def test_moe_errors_at_construction():
+    with pytest.raises(ValueError, match="top_k 9 is more than n_experts 8"):
+        nn.MoE(D, 32, 8, 9)
+    with pytest.raises(ValueError, match="scoring"):
+        nn.MoE(D, 32, 8, 2, scoring="relu")
+    with pytest.raises(ValueError, match=r"up_proj' has shape \(8, 32, 40\); expected \(4, 32, 40\)"):
+        nn.MoE(D, 32, 4, 2, weights={"up_proj": np.zeros((8, 32, D), np.float32)})

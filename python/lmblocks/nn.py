@@ -15,7 +15,8 @@ every layer and token, the GIL released.
 >>> len(model.generate_ids([1, 2, 3], 5))
 5
 
-Random init draws from the generator set by :func:`seed` (or a block's ``rng=``): matrices
+Given weights are used as they are (shared, not copied), except float64 NumPy arrays, which are stored as
+float32. Random init draws from the generator set by :func:`seed` (or a block's ``rng=``): matrices
 ``normal(0, std)``, norm weights 1 and biases 0. ``dtype`` stores a block's matrices as ``f32``,
 ``f16``, ``bf16`` or a ggml block type (``q8_0``, ``q4_k`` ...), quantized with :func:`lmblocks.quantize`.
 """
@@ -70,6 +71,8 @@ class _Params:
             return None
         if tuple(w.shape) != tuple(shape):
             raise ValueError(f"{self.block}: weight {name!r} has shape {tuple(w.shape)}; expected {tuple(shape)}")
+        if isinstance(w, np.ndarray) and w.dtype == np.float64:  # NumPy's default: stored as float32 (a copy)
+            w = w.astype(np.float32)
         return w
 
     def matrix(self, name, shape):
