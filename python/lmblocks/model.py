@@ -450,10 +450,11 @@ def _from_gguf(reader: GGUFFile, path: str, get):
     weights = _Source(lambda n: get(hf_to_gguf[n]), hf_to_gguf, path, transform,
                       label=lambda n: f"'{hf_to_gguf[n]}' (read as '{n}')" if n in hf_to_gguf else repr(n))
     tok = template = None
-    if "tokenizer.ggml.model" in md:
+    if md.get("tokenizer.ggml.model") not in (None, "no_vocab", "none"):  # llama.cpp's names for "ids only"
         tmd = {k: [_text(x) for x in v] if isinstance(v, list) else _text(v)
                for k, v in md.items() if k.startswith("tokenizer.")}
         tok = from_gguf_metadata(tmd)
+        tok.gguf_source = path  # a model composed with this tokenizer writes its tokenizer.* keys from here
         if "tokenizer.chat_template" in tmd:
             template = ChatTemplate.from_gguf_metadata(tmd)
     return module, config, weights, tok, template, set()

@@ -406,11 +406,16 @@ class Model(_LoadedModel):
     def save(self, path: str | os.PathLike) -> None:
         """Write the model to the folder ``path``: ``lmblocks.json`` (its blocks and settings) and
         ``model.safetensors`` (its weights, by block path, in their dtypes). ``lmblocks.load(path)`` reads
-        it back. (A GGUF file needs an architecture llama.cpp names; not written for composed models yet.)"""
+        it back. A path ending in ``.gguf`` writes a GGUF file llama.cpp runs, when the blocks are its
+        "llama" graph, dense or with Mixtral's experts (:mod:`lmblocks.io.gguf_export` says what fits;
+        anything else raises NotImplementedError)."""
         from . import serialize
 
         if os.fsdecode(path).endswith(".gguf"):
-            raise NotImplementedError("saving a composed model as GGUF is not supported yet; save to a folder")
+            from .io.gguf_export import export
+
+            export(self, path)
+            return
         serialize.save(self, path)
 
 
