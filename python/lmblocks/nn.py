@@ -16,7 +16,9 @@ every layer and token, the GIL released.
 5
 
 Given weights are used as they are (shared, not copied), except float64 NumPy arrays, which are stored as
-float32. Random init draws from the generator set by :func:`seed` (or a block's ``rng=``): matrices
+float32. ``block.weights()`` gives each parameter as a writable zero-copy array: a running model sees
+writes to float32, f16 and bf16 weights at once; quantized matrices are repacked for the fast kernels
+when a :class:`Model` is built, so write those before building it (or build a new one). Random init draws from the generator set by :func:`seed` (or a block's ``rng=``): matrices
 ``normal(0, std)``, norm weights 1 and biases 0. ``dtype`` stores a block's matrices as ``f32``,
 ``f16``, ``bf16`` or a ggml block type (``q8_0``, ``q4_k`` ...), quantized with :func:`lmblocks.quantize`.
 """
