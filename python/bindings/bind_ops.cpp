@@ -42,6 +42,8 @@ ops::Rope rope_arg(double theta, int64_t rotary_dim, bool interleaved, const Sca
 
 }  // namespace
 
+void bind_ssm_ops(py::module_& m);
+
 void bind_ops(py::module_ m) {
   m.def("matmul", [](py::object a, py::object b, py::object out) {
     Tensor ta = to_tensor(a, "matmul", "a"), tb = to_tensor(b, "matmul", "b"), to = out_tensor(out, "matmul");
@@ -130,6 +132,55 @@ void bind_ops(py::module_ m) {
     Tensor tq = to_tensor(q, "attention_cache", "q"), tk = to_tensor(k, "attention_cache", "k");
     Tensor tv = to_tensor(v, "attention_cache", "v"), to = out_tensor(out, "attention_cache");
     return run(q, out, [&] { return ops::attention_cache(tq, tk, tv, pos, cfg, to); });
+  });
+  bind_ssm_ops(m);
+}
+
+// ---- State-space model kernels (Mamba, Mamba2): issue 6 ----------------------------------------
+
+namespace {
+// The in-place state: a NumPy array or Tensor (anything else would be a temporary copy).
+Tensor state_arg(py::handle s, const char* op) {
+  if (s.is_none()) return Tensor();
+  if (!py::isinstance<Tensor>(s) && !py::isinstance<py::array>(s))
+    throw TypeError(std::string(op) + ": state must be a float32 NumPy array or an lmblocks.Tensor (it is updated in place)");
+  return to_tensor(s, op, "state");
+}
+}  // namespace
+
+void bind_ssm_ops(py::module_& m) {
+  m.def("causal_conv1d", [](py::object x, py::object w, py::object b, py::object state, bool silu) {
+    constexpr const char* op = "causal_conv1d";
+    Tensor tx = to_tensor(x, op, "x"), tw = to_tensor(w, op, "weight"), tb = to_tensor_opt(b, op, "bias");
+    Tensor ts = state_arg(state, op);
+    return run(x, py::none(), [&] { return ops::causal_conv1d(tx, tw, tb, ts, silu); });
+  });
+  m.def("selective_scan", [](py::object x, py::object dt, py::object A, py::object B, py::object C, py::object D,
+                             py::object z, py::object dt_bias, py::object state, bool dt_softplus) {
+    constexpr const char* op = "selective_scan";
+    Tensor tx = to_tensor(x, op, "x"), tdt = to_tensor(dt, op, "dt"), tA = to_tensor(A, op, "A");
+    Tensor tB = to_tensor(B, op, "B"), tC = to_tensor(C, op, "C"), tD = to_tensor_opt(D, op, "D");
+    Tensor tz = to_tensor_opt(z, op, "z"), tbias = to_tensor_opt(dt_bias, op, "dt_bias"), ts = state_arg(state, op);
+    return run(x, py::none(), [&] { return ops::selective_scan(tx, tdt, tA, tB, tC, tD, tz, tbias, ts, dt_softplus); });
+  });
+  m.def("ssd_scan", [](py::object x, py::object dt, py::object A, py::object B, py::object C, py::object D,
+                       py::object dt_bias, py::object state, int64_t chunk_size, bool dt_softplus, float dt_min,
+                       float dt_max) {
+    constexpr const char* op = "ssd_scan";
+    ops::Ssd cfg;
+    cfg.chunk_size = chunk_size;
+    cfg.dt_softplus = dt_softplus;
+    cfg.dt_min = dt_min;
+    cfg.dt_max = dt_max;
+    Tensor tx = to_tensor(x, op, "x"), tdt = to_tensor(dt, op, "dt"), tA = to_tensor(A, op, "A");
+    Tensor tB = to_tensor(B, op, "B"), tC = to_tensor(C, op, "C"), tD = to_tensor_opt(D, op, "D");
+    Tensor tbias = to_tensor_opt(dt_bias, op, "dt_bias"), ts = state_arg(state, op);
+    return run(x, py::none(), [&] { return ops::ssd_scan(tx, tdt, tA, tB, tC, tD, tbias, ts, cfg); });
+  });
+  m.def("rms_norm_gated", [](py::object x, py::object z, py::object w, float eps, int64_t group_size) {
+    constexpr const char* op = "rms_norm_gated";
+    Tensor tx = to_tensor(x, op, "x"), tz = to_tensor_opt(z, op, "z"), tw = to_tensor_opt(w, op, "weight");
+    return run(x, py::none(), [&] { return ops::rms_norm_gated(tx, tz, tw, eps, group_size); });
   });
 }
 

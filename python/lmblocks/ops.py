@@ -24,6 +24,7 @@ _ops = _core.ops
 __all__ = [
     "matmul", "linear", "rms_norm", "layer_norm", "softmax", "silu", "gelu", "swiglu", "geglu",
     "rope", "rope_inv_freq", "embedding", "add", "mul", "attention", "attention_cache",
+    "causal_conv1d", "selective_scan", "ssd_scan", "rms_norm_gated",
 ]
 
 
@@ -262,3 +263,94 @@ def attention_cache(q, k, v, pos, *, window=None, scale=None, softcap=None, out=
     array([3.], dtype=float32)
     """
     return _ops.attention_cache(q, k, v, int(pos), int(window or 0), float(scale or 0.0), float(softcap or 0.0), out)
+
+
+# ---- State-space model kernels (Mamba, Mamba2) --------------------------------------------------------
+# Defined as transformers' modeling_mamba.py / modeling_mamba2.py compute them. A ``state`` argument is a
+# contiguous, writable float32 array, read as the state before the call and overwritten with the state
+# after it, so a prefill followed by one-token calls equals one long call; None means zeros.
+
+
+def causal_conv1d(x, weight, bias=None, *, state=None, activation="silu"):
+    """Depthwise causal convolution over time (Mamba's ``conv1d``), then SiLU.
+
+    x: (T, C); weight: (C, K) (transformers' ``conv1d.weight.squeeze(1)``); bias: (C,) or None.
+    ``y[t, c] = bias[c] + sum_k weight[c, k] * in[t - (K-1) + k, c]``, where ``in`` is ``state`` followed
+    by ``x`` along time. state: (C, S) with S >= K-1, the S inputs before x (transformers' conv cache
+    keeps S = K), updated in place to the last S inputs. ``activation``: "silu" (or "swish") or None.
+    Returns (T, C) float32.
+
+    >>> import numpy as np, lmblocks as lb
+    >>> x = np.array([[1], [2], [3]], np.float32); w = np.array([[1, 10]], np.float32)
+    >>> state = np.zeros((1, 1), np.float32)
+    >>> lb.ops.causal_conv1d(x, w, state=state, activation=None)[:, 0]   # 10 x_t + x_{t-1}
+    array([10., 21., 32.], dtype=float32)
+    >>> state
+    array([[3.]], dtype=float32)
+    """
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"causal_conv1d: activation must be 'silu', 'swish' or None, got {activation!r}")
+    return _ops.causal_conv1d(x, weight, bias, state, activation is not None)
+
+
+def selective_scan(x, dt, A, B, C, D=None, z=None, *, dt_bias=None, state=None, dt_softplus=True):
+    """Mamba's selective scan (transformers' ``mamba_selective_scan``), token by token in float32.
+
+    x, dt: (T, Dm); A: (Dm, N), already ``-exp(A_log)``; B, C: (T, N); D, dt_bias: (Dm,) or None;
+    z: (T, Dm) gate or None; state: (Dm, N) or None. With ``dt' = softplus(dt + dt_bias)``::
+
+        h = exp(dt' * A) * h + dt' * B[t] * x[t]      # (Dm, N)
+        y[t] = (h @ C[t] + D * x[t]) * silu(z[t])
+
+    Returns y (T, Dm) float32; ``state`` ends as the last h.
+
+    >>> import numpy as np, lmblocks as lb
+    >>> one = np.ones((2, 1), np.float32)
+    >>> lb.ops.selective_scan(one, one, -one[:1], one, one, dt_softplus=False)[:, 0].round(4)  # h = e^-1 h + 1
+    array([1.    , 1.3679], dtype=float32)
+    """
+    return _ops.selective_scan(x, dt, A, B, C, D, z, dt_bias, state, bool(dt_softplus))
+
+
+def ssd_scan(x, dt, A, B, C, D=None, *, dt_bias=None, state=None, chunk_size=256, dt_softplus=True,
+             dt_limit=(0.0, float("inf"))):
+    """Mamba2's state-space duality scan (transformers' ``mamba2_chunk_scan`` and
+    ``mamba2_selective_state_update``), in float32.
+
+    x: (T, H, P) heads of P features; dt: (T, H); A: (H,), already ``-exp(A_log)``; B, C: (T, G, N)
+    with H a multiple of G, head h reading group ``h // (H // G)``; D: (H,) or (H, P) or None;
+    dt_bias: (H,) or None; state: (H, P, N) or None. With
+    ``dt' = clip(softplus(dt + dt_bias), *dt_limit)``, per head::
+
+        h = exp(dt' * A) * h + dt' * outer(x[t], B[t])     # (P, N)
+        y[t] = h @ C[t] + D * x[t]
+
+    ``chunk_size`` > 1 (and T > 1) runs the chunked matrix form: within a chunk y is a masked
+    ``(C B^T ∘ decay) @ (dt x)`` product plus the chunk's start state read through C, and the state is
+    carried across chunks. ``chunk_size`` 0 or 1 runs the recurrence above token by token (transformers
+    runs that for T = 1; it does not apply ``dt_limit`` there, which the default limit makes moot).
+    Returns y (T, H, P) float32; the gate ``z`` of a Mamba2 layer goes to :func:`rms_norm_gated`.
+
+    >>> import numpy as np, lmblocks as lb
+    >>> x = np.ones((3, 1, 1), np.float32); b = np.ones((3, 1, 1), np.float32)
+    >>> y = lb.ops.ssd_scan(x, np.ones((3, 1), np.float32), np.zeros(1, np.float32), b, b, dt_softplus=False)
+    >>> y[:, 0, 0]    # A = 0: h sums dt x B
+    array([1., 2., 3.], dtype=float32)
+    """
+    lo, hi = dt_limit
+    return _ops.ssd_scan(x, dt, A, B, C, D, dt_bias, state, int(chunk_size), bool(dt_softplus), float(lo),
+                         float(hi))
+
+
+def rms_norm_gated(x, z=None, weight=None, *, eps=1e-6, group_size=None):
+    """Mamba2's gated RMSNorm (transformers' ``MambaRMSNormGated``): ``v = x * silu(z)``, then
+    ``v / sqrt(mean(v**2) + eps) * weight`` with the mean over groups of ``group_size`` features of
+    the last axis (None: the whole axis; Mamba2 uses ``intermediate_size // n_groups``).
+
+    x, z: (..., D); weight: (D,) or None. Returns (..., D) float32.
+
+    >>> import numpy as np, lmblocks as lb
+    >>> lb.ops.rms_norm_gated(np.array([3, 4, 1, 1], np.float32), eps=0.0, group_size=2).round(4)
+    array([0.8485, 1.1314, 1.    , 1.    ], dtype=float32)
+    """
+    return _ops.rms_norm_gated(x, z, weight, float(eps), int(group_size or 0))

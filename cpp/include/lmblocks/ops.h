@@ -110,3 +110,39 @@ void attention_heads(const std::vector<AttentionHead>& heads, const Attention& c
                      int64_t hdv);
 
 }  // namespace lb::ops
+
+// ==== State-space model kernels (Mamba, Mamba2): issue 6 ===========================================
+// As transformers' modeling_mamba.py / modeling_mamba2.py define them; float32 throughout, the scan
+// states included. A `state`, when given, must be a contiguous, writable f32 tensor: it is read as the
+// state before the call and overwritten with the state after it, so a prefill followed by one-token
+// calls equals one long call. Undefined means zeros (and the final state is dropped).
+namespace lb::ops {
+
+// Depthwise causal conv over time: y[t, c] = bias[c] + sum_k weight[c, k] * in[t - (K-1) + k, c], where
+// `in` is [state | x] along time, then SiLU when `silu`. x (T, C), weight (C, K), bias (C,) optional;
+// state (C, S) with S >= K-1 holds the S inputs before x (transformers keeps S = K). -> (T, C)
+Tensor causal_conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor state, bool silu);
+
+// Mamba's selective scan, token by token: dt' = softplus(dt + dt_bias) (softplus optional),
+// h = exp(dt' A) * h + dt' B_t x_t, y = C_t . h + D x, y *= silu(z). x, dt, z (T, Dm); A (Dm, N)
+// (already -exp(A_log)); B, C (T, N); D, dt_bias (Dm,); state (Dm, N). D, z, dt_bias optional. -> (T, Dm)
+Tensor selective_scan(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& B, const Tensor& C,
+                      const Tensor& D, const Tensor& z, const Tensor& dt_bias, Tensor state, bool dt_softplus);
+
+// Mamba2's SSD. x (T, H, P); dt (T, H); A (H,); B, C (T, G, N), head h reads group h / (H / G);
+// D (H,) or (H, P); dt_bias (H,); state (H, P, N). dt' = clamp(softplus(dt + dt_bias), dt_min, dt_max);
+// h = exp(dt' A) h + dt' x B^T, y = h C + D x. chunk_size > 1 (and T > 1): the chunked matrix form
+// (mamba2_chunk_scan); 0 or 1: the sequential recurrence. -> (T, H, P)
+struct Ssd {
+  int64_t chunk_size = 256;
+  bool dt_softplus = true;
+  float dt_min = 0.f, dt_max = 1e30f;
+};
+Tensor ssd_scan(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& B, const Tensor& C,
+                const Tensor& D, const Tensor& dt_bias, Tensor state, const Ssd& cfg);
+
+// Mamba2's MambaRMSNormGated: v = x * silu(z) (z optional), RMS-normalized over groups of
+// `group_size` features of the last axis (0: the whole axis), times weight (D,) (optional). -> x's shape
+Tensor rms_norm_gated(const Tensor& x, const Tensor& z, const Tensor& weight, float eps, int64_t group_size);
+
+}  // namespace lb::ops
