@@ -138,6 +138,40 @@ void bind_blocks(py::module_ m) {
       .def_readonly("norm_after_add", &Layer::norm_after_add)
       .def_readonly("residual_scale", &Layer::residual_scale);
 
+  py::class_<Mamba2, Block, std::shared_ptr<Mamba2>>(m, "Mamba2")
+      .def(py::init([](int64_t n_heads, int64_t head_dim, int64_t n_groups, int64_t state_size, py::object in_proj,
+                       py::object conv_weight, py::object conv_bias, py::object dt_bias, py::object A_log, py::object D,
+                       py::object norm, py::object out_proj, py::object in_bias, py::object out_bias, int64_t chunk_size,
+                       float norm_eps, float dt_min, float dt_max) {
+             const char* op = "Mamba2";
+             Mamba2Config c;
+             c.n_heads = n_heads, c.head_dim = head_dim, c.n_groups = n_groups, c.state_size = state_size;
+             const Tensor cw = to_tensor(conv_weight, op, "conv_weight");
+             c.conv_kernel = cw.ndim() == 2 ? cw.dim(1) : cw.ndim() == 3 ? cw.dim(2) : 0;
+             c.chunk_size = chunk_size, c.norm_eps = norm_eps, c.dt_min = dt_min, c.dt_max = dt_max;
+             return std::make_shared<Mamba2>(
+                 c, to_tensor(in_proj, op, "in_proj"), cw.ndim() == 3 ? cw.reshape({cw.dim(0), cw.dim(2)}) : cw,
+                 to_tensor_opt(conv_bias, op, "conv_bias"), to_tensor(dt_bias, op, "dt_bias"),
+                 to_tensor(A_log, op, "A_log"), to_tensor(D, op, "D"), to_tensor(norm, op, "norm"),
+                 to_tensor(out_proj, op, "out_proj"), to_tensor_opt(in_bias, op, "in_bias"),
+                 to_tensor_opt(out_bias, op, "out_bias"));
+           }),
+           py::arg("n_heads"), py::arg("head_dim"), py::arg("n_groups"), py::arg("state_size"), py::arg("in_proj"),
+           py::arg("conv_weight"), py::arg("conv_bias"), py::arg("dt_bias"), py::arg("A_log"), py::arg("D"),
+           py::arg("norm"), py::arg("out_proj"), py::arg("in_bias") = py::none(), py::arg("out_bias") = py::none(),
+           py::arg("chunk_size") = 256, py::arg("norm_eps") = 1e-5f, py::arg("dt_min") = 0.f,
+           py::arg("dt_max") = 1e30f,
+           "conv_weight (conv_dim, K) or transformers' (conv_dim, 1, K).")
+      .def_property_readonly("n_heads", [](const Mamba2& b) { return b.cfg.n_heads; })
+      .def_property_readonly("head_dim", [](const Mamba2& b) { return b.cfg.head_dim; })
+      .def_property_readonly("n_groups", [](const Mamba2& b) { return b.cfg.n_groups; })
+      .def_property_readonly("state_size", [](const Mamba2& b) { return b.cfg.state_size; })
+      .def_property_readonly("conv_kernel", [](const Mamba2& b) { return b.cfg.conv_kernel; })
+      .def_property_readonly("chunk_size", [](const Mamba2& b) { return b.cfg.chunk_size; })
+      .def_property_readonly("norm_eps", [](const Mamba2& b) { return b.cfg.norm_eps; })
+      .def_property_readonly("dt_limit", [](const Mamba2& b) { return py::make_tuple(b.cfg.dt_min, b.cfg.dt_max); })
+      .def_property_readonly("d_inner", &Mamba2::d_inner);
+
   py::class_<Linear, Block, std::shared_ptr<Linear>>(m, "Linear")
       .def(py::init([](py::object w, py::object b) {
              return std::make_shared<Linear>(to_tensor(w, "Linear", "weight"), to_tensor_opt(b, "Linear", "bias"));
@@ -206,6 +240,18 @@ void bind_blocks(py::module_ m) {
              return py::make_tuple(py::cast(ls[size_t(i)].k), py::cast(ls[size_t(i)].v));
            },
            "(k, v) of attention block i: (S, Hkv, C, hd) tensors; position p lives in slot p % C.")
+      .def("states",
+           [](KVCache& c) {
+             py::list out;
+             for (const auto& st : c.states()) {
+               py::list ts;
+               for (const Tensor& t : st.tensors) ts.append(to_numpy(t));
+               out.append(py::make_tuple(st.block->path, ts));
+             }
+             return out;
+           },
+           "[(block path, [state arrays (S, ...)])] of every stateful block: writable views, so a state can be "
+           "read out, saved, and restored by assigning into them.")
       .def("__len__", [](const KVCache& c) { return c.layers().size(); });
 
   py::class_<CausalLM, std::shared_ptr<CausalLM>>(m, "CausalLM")

@@ -288,6 +288,54 @@ class MoE(_c.MoE):
                          shared_gate=sg)
 
 
+class Mamba2(_c.Mamba2):
+    """Mamba2's mixer (SSD): ``n_heads`` heads of ``head_dim`` (``n_heads * head_dim`` is the inner width,
+    usually 2 * dim), ``n_groups`` groups of B/C of ``state_size``, a causal conv of ``conv_kernel`` over
+    x/B/C, a gated RMSNorm before the output projection. Prefill runs the chunked SSD (``chunk_size``
+    tokens per chunk; 0 = the sequential recurrence); decode the one-step recurrence. Its conv window
+    and SSM state live in the model's cache (``cache.states()``), constant in context length.
+    Random init follows transformers' Mamba2: A = -(1 .. n_heads), D = 1, dt in [dt_init_min,
+    dt_init_max] log-uniform. Weights: in_proj, conv_weight, conv_bias, dt_bias, A_log, D, norm,
+    out_proj, in_bias, out_bias."""
+
+    def __init__(self, dim: int, n_heads: int | None = None, head_dim: int = 64, *, state_size: int = 128,
+                 n_groups: int = 1, conv_kernel: int = 4, chunk_size: int = 256, expand: int = 2, bias: bool = False,
+                 conv_bias: bool = True, norm_eps: float = 1e-5, dt_limit=(0.0, float("inf")),
+                 dt_init=(1e-3, 0.1), weights: Mapping | None = None, init: str = "normal", std: float = 0.02,
+                 dtype: str = "f32", rng=None):
+        if n_heads is None:
+            if (expand * dim) % head_dim:
+                raise ValueError(f"Mamba2: expand * dim = {expand * dim} is not a multiple of head_dim {head_dim}")
+            n_heads = expand * dim // head_dim
+        _positive("Mamba2", dim=dim, n_heads=n_heads, head_dim=head_dim, state_size=state_size, n_groups=n_groups,
+                  conv_kernel=conv_kernel)
+        if n_heads % n_groups:
+            raise ValueError(f"Mamba2: n_heads {n_heads} is not a multiple of n_groups {n_groups}")
+        H, di = n_heads, n_heads * head_dim
+        cd = di + 2 * n_groups * state_size
+        p = _Params("Mamba2", weights, init, std, dtype, rng)
+        f32 = _Params("Mamba2", weights, init, std, "f32", p.rng)  # the conv and per-head parameters
+        in_proj = p.matrix("in_proj", (di + cd + H, dim))
+        conv_w = f32.matrix("conv_weight", (cd, conv_kernel)) if "conv_weight" in f32.given else \
+            (p.rng.uniform(-1, 1, (cd, conv_kernel)) / np.sqrt(conv_kernel)).astype(np.float32)
+        conv_b = f32.vector("conv_bias", cd, want=conv_bias)
+        lo, hi = dt_init
+        dt = np.exp(p.rng.uniform(np.log(lo), np.log(hi), H))
+        dt_b = f32.vector("dt_bias", H) if "dt_bias" in f32.given else (dt + np.log(-np.expm1(-dt))).astype(np.float32)
+        a_log = f32.vector("A_log", H) if "A_log" in f32.given else np.log(np.arange(1, H + 1, dtype=np.float32))
+        d = f32.vector("D", H, 1.0)
+        norm = f32.vector("norm", di, 1.0)
+        out_proj = p.matrix("out_proj", (dim, di))
+        ib = p.vector("in_bias", di + cd + H, want=bias)
+        ob = p.vector("out_bias", dim, want=bias)
+        p.used |= f32.used
+        p.check_used()
+        lim_lo, lim_hi = dt_limit
+        super().__init__(H, head_dim, n_groups, state_size, in_proj, conv_w, conv_b, dt_b, a_log, d, norm, out_proj,
+                         in_bias=ib, out_bias=ob, chunk_size=chunk_size, norm_eps=norm_eps, dt_min=float(lim_lo),
+                         dt_max=float(min(lim_hi, 1e30)))
+
+
 def _norm(kind, dim: int, eps: float):
     if callable(kind) and not isinstance(kind, str):
         return kind(dim)
@@ -421,5 +469,5 @@ class Model(_LoadedModel):
         serialize.save(self, path)
 
 
-__all__ = ["seed", "as_dtype", "Embedding", "Linear", "RMSNorm", "LayerNorm", "Attention", "MLP", "MoE", "Layer", "Stack",
+__all__ = ["seed", "as_dtype", "Embedding", "Linear", "RMSNorm", "LayerNorm", "Attention", "MLP", "MoE", "Mamba2", "Layer", "Stack",
            "Model", "Block", "Sequential", "Residual", "CausalLM", "KVCache", "Hooks"]

@@ -27,6 +27,7 @@ WEIGHTS = "model.safetensors"
 _ATTN_FIELDS = ("n_heads", "n_kv_heads", "head_dim", "rope_theta", "rotary_dim", "rope_interleaved", "window",
                 "causal", "scale", "softcap", "qk_norm_eps", "qk_norm_offset")
 _MOE_FIELDS = ("top_k", "scoring", "norm_topk", "activation", "routed_scale")
+_MAMBA2_FIELDS = ("n_heads", "head_dim", "n_groups", "state_size", "chunk_size", "norm_eps")
 
 
 class _Writer:
@@ -65,6 +66,9 @@ def _block(b, path: str, w: _Writer) -> dict:
         spec |= {f: getattr(b, f) for f in _MOE_FIELDS if hasattr(b, f)}
         if getattr(b, "shared", None) is not None:
             spec["shared"] = _block(b.shared, f"{path}.shared", w)
+    elif kind == "Mamba2":
+        spec |= {f: getattr(b, f) for f in _MAMBA2_FIELDS}
+        spec["dt_limit"] = list(b.dt_limit)
     elif kind == "Layer":
         spec |= {"parallel": b.parallel, "norm_after_add": b.norm_after_add, "residual_scale": b.residual_scale}
         for slot in ("mixer", "mlp", "attn_norm", "attn_post_norm", "mlp_norm", "mlp_post_norm"):
@@ -169,6 +173,14 @@ def _build(spec, r: _Reader, where: str):
             shared = _build(spec["shared"], r, where + ".shared") if spec.get("shared") else None
             extra = {n: t[n] for n in ("router_bias", "selection_bias", "shared_gate") if n in t}
             return nn.MoE(t["router"], t.get("gate_proj"), t["up_proj"], t["down_proj"], shared=shared, **extra, **kw)
+        if kind == "Mamba2":
+            kw = {f: spec[f] for f in _MAMBA2_FIELDS if f in spec}
+            lo, hi = _get(spec, "dt_limit", list, here)
+            opt = {n: t.get(n) for n in ("conv_bias", "in_bias", "out_bias")}
+            return nn.Mamba2(kw.pop("n_heads"), kw.pop("head_dim"), kw.pop("n_groups"), kw.pop("state_size"),
+                             t["in_proj"], t["conv_weight"], opt["conv_bias"], t["dt_bias"], t["A_log"], t["D"],
+                             t["norm"], t["out_proj"], in_bias=opt["in_bias"], out_bias=opt["out_bias"],
+                             dt_min=lo, dt_max=hi, **kw)
         if kind == "Layer":
             slots = {s: _build(spec[s], r, f"{where}.{s}") if spec.get(s) else None
                      for s in ("mixer", "mlp", "attn_norm", "attn_post_norm", "mlp_norm", "mlp_post_norm")}

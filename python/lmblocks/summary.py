@@ -31,6 +31,7 @@ class Part:
     flops: float = 0.0  # per token, at the summary's context
     kv_bytes_per_token: int = 0
     kv_bytes: int = 0  # at the summary's context
+    state_bytes: int = 0  # recurrent state per sequence (Mamba: conv window + SSM state), whatever the context
     decode_bytes: float = 0.0
 
 
@@ -65,7 +66,9 @@ def _describe(b) -> str:
         w = b.weights()
         return f"MLP {w['up_proj'].shape[0]}" + ("" if b.gated else " plain")
     if b.kind == "MoE":
-        return f"MoE {b.top_k}/{b.n_experts}"
+        return f"MoE {b.top_k}/{b.n_experts}" + (" +shared" if b.shared is not None else "")
+    if b.kind == "Mamba2":
+        return f"Mamba2 {b.n_heads}x{b.head_dim} N{b.state_size}"
     return b.kind
 
 
@@ -81,7 +84,7 @@ def parts(model, context: int = 0, kv_dtype: str = "f32") -> list[Part]:
     tops = [p for p in blocks if p.count(".") == 1] if lm.body.kind == "Sequential" else ["layers"]
     for top in tops:
         inner = {p: b for p, b in blocks.items() if p == top or p.startswith(top + ".")}
-        kinds = [_describe(b) for p, b in inner.items() if b.kind in ("Attention", "MLP", "MoE", "Mamba", "Mamba2")
+        kinds = [_describe(b) for p, b in inner.items() if b.kind in ("Attention", "MLP", "MoE", "Mamba2")
                  and not p.endswith(".shared")]
         part = Part(top, " + ".join(kinds) or blocks[top].kind)
         for p, b in inner.items():
@@ -91,6 +94,10 @@ def parts(model, context: int = 0, kv_dtype: str = "f32") -> list[Part]:
             for name, t in b.weights().items():
                 three_d = len(t.shape) == 3
                 _add_tensor(part, t, active=active if three_d else 1.0)
+            if b.kind == "Mamba2":
+                conv = (b.d_inner + 2 * b.n_groups * b.state_size) * (b.conv_kernel - 1)
+                part.state_bytes += 4 * (conv + b.n_heads * b.head_dim * b.state_size)
+                part.decode_bytes += 2 * part.state_bytes  # read and written each step
             if b.kind == "Attention":
                 per_tok = 2 * b.n_kv_heads * b.head_dim * kv_elt
                 keys = min(context, b.window) if b.window else context
@@ -157,6 +164,7 @@ def table(ps: list[Part], context: int) -> str:
         tot.flops += p.flops
         tot.kv_bytes_per_token += p.kv_bytes_per_token
         tot.kv_bytes += p.kv_bytes
+        tot.state_bytes += p.state_bytes
         tot.decode_bytes += p.decode_bytes
         for k, v in p.bytes_by_dtype.items():
             tot.bytes_by_dtype[k] = tot.bytes_by_dtype.get(k, 0) + v
@@ -165,13 +173,14 @@ def table(ps: list[Part], context: int) -> str:
                  f"{_bytes(tot.kv_bytes_per_token):>9} {_bytes(tot.decode_bytes):>12}")
     lines.append("bytes by dtype: " + ", ".join(f"{k} {_bytes(v)}" for k, v in sorted(tot.bytes_by_dtype.items(),
                                                                                        key=lambda kv: -kv[1])))
-    lines.append(f"at context {context}: KV cache {_bytes(tot.kv_bytes)}; FLOPs and decode bytes are per token "
+    state = f" + recurrent state {_bytes(tot.state_bytes)} per sequence" if tot.state_bytes else ""
+    lines.append(f"at context {context}: KV cache {_bytes(tot.kv_bytes)}{state}; FLOPs and decode bytes are per token "
                  f"generated there (summary(context=n) for another)")
     return "\n".join(lines)
 
 
 def totals(ps: list[Part]) -> dict:
-    keys = ("params", "bytes", "flops", "kv_bytes_per_token", "kv_bytes", "decode_bytes")
+    keys = ("params", "bytes", "flops", "kv_bytes_per_token", "kv_bytes", "state_bytes", "decode_bytes")
     return {k: sum(getattr(p, k) for p in ps) for k in keys}
 
 

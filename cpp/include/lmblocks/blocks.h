@@ -76,6 +76,9 @@ class Block {
   // Features in and out per token; -1 when the block takes any (containers check neighbours agree).
   virtual int64_t in_dim() const { return -1; }
   virtual int64_t out_dim() const { return in_dim(); }
+  // The recurrent state this block keeps per sequence (shapes of f32 tensors), held by the model's
+  // cache next to the attention layers' keys and values (Mamba: conv window and SSM state).
+  virtual std::vector<Shape> state_shapes() const { return {}; }
 
   // Where the block sits in its model ("layers.3.attn"), set by CausalLM (name_blocks); hooks match it.
   std::string path;
@@ -283,7 +286,8 @@ class PatternHooks : public Hooks {
 };
 bool glob_match(const std::string& pattern, const std::string& path);
 
-// Keys and values of every attention block for S sequences. A global layer keeps C = n_ctx positions;
+// Keys and values of every attention block for S sequences, and the recurrent state of every stateful
+// block (Block::state_shapes; each tensor (S, ...) f32, zero for a fresh or cleared sequence). A global layer keeps C = n_ctx positions;
 // a sliding-window layer keeps a ring of window + n_batch - 1 (a chunk of n_batch new tokens is written
 // before it is attended to, and its first query still needs window - 1 older keys).
 class KVCache {
@@ -293,9 +297,16 @@ class KVCache {
     int64_t n_kv_heads, head_dim, capacity, window;
     Tensor k, v;  // (S, Hkv, C, hd), f32 or f16
   };
-  KVCache(const std::vector<const Attention*>& blocks, int64_t n_seq, int64_t n_ctx, int64_t n_batch, DType dtype);
+  struct State {
+    const Block* block;
+    std::vector<Tensor> tensors;  // (S, ...) each
+  };
+  KVCache(const std::vector<const Attention*>& blocks, int64_t n_seq, int64_t n_ctx, int64_t n_batch, DType dtype,
+          const std::vector<const Block*>& stateful = {});
 
   Layer& layer(const Attention* block);
+  std::vector<Tensor>& state(const Block* block);
+  const std::vector<State>& states() const { return states_; }
   int64_t n_seq() const { return int64_t(len_.size()); }
   int64_t n_ctx() const { return n_ctx_; }
   int64_t n_batch() const { return n_batch_; }
@@ -309,6 +320,8 @@ class KVCache {
   friend class CausalLM;
   std::vector<Layer> layers_;
   std::unordered_map<const Attention*, size_t> index_;
+  std::vector<State> states_;
+  std::unordered_map<const Block*, size_t> state_index_;
   std::vector<int64_t> len_;  // (S,) positions filled per sequence
   int64_t n_ctx_, n_batch_;
   DType dtype_;
@@ -331,6 +344,7 @@ class CausalLM {
 
   std::shared_ptr<KVCache> make_cache(int64_t n_seq, int64_t n_ctx, int64_t n_batch, DType dtype) const;
   const std::vector<const Attention*>& attention_blocks() const { return attention_; }
+  const std::vector<const Block*>& stateful_blocks() const { return stateful_; }
   int64_t vocab_size() const { return lm_head.dim(0); }
   int64_t model_dim() const { return embed_tokens.dim(1); }
 
@@ -343,6 +357,7 @@ class CausalLM {
 
  private:
   std::vector<const Attention*> attention_;  // found once in body: what a cache holds
+  std::vector<const Block*> stateful_;
   std::vector<std::shared_ptr<ops::PackedWeight>> packed_;  // weights repacked for this CPU's kernels
   void pack_weights();
   Tensor forward_chunk(KVCache& cache, const int32_t* tokens, Context& ctx, Logits logits);
@@ -350,3 +365,4 @@ class CausalLM {
 
 }  // namespace lb::blocks
 #include "lmblocks/moe.h"  // IWYU pragma: export
+#include "lmblocks/mamba.h"  // IWYU pragma: export

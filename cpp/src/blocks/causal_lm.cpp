@@ -76,13 +76,19 @@ int64_t capacity(const AttentionConfig& c, int64_t n_ctx, int64_t n_batch) {
 }  // namespace
 
 KVCache::KVCache(const std::vector<const Attention*>& blocks, int64_t n_seq, int64_t n_ctx, int64_t n_batch,
-                 DType dtype)
+                 DType dtype, const std::vector<const Block*>& stateful)
     : len_(size_t(checked_seq(n_seq, n_ctx, n_batch)), 0), n_ctx_(n_ctx), n_batch_(std::min(n_batch, n_ctx)),
       dtype_(dtype) {
   if (dtype != DType::f32 && dtype != DType::f16)
     throw TypeError(std::string("KVCache: dtype ") + name(dtype) + " is not supported; use f32 or f16");
   // Size first (in double: no overflow), allocate second: a cache that cannot fit says so.
   double total = 0;
+  for (const Block* b : stateful)
+    for (const Shape& s : b->state_shapes()) {
+      double n = 4.0 * double(n_seq);
+      for (int64_t d : s) n *= double(d);
+      total += n;
+    }
   for (const Attention* a : blocks)
     total += 2.0 * double(n_seq) * double(a->cfg.n_kv_heads) * double(capacity(a->cfg, n_ctx, n_batch_)) *
              double(a->cfg.head_dim) * double(traits(dtype).type_size);
@@ -97,6 +103,21 @@ KVCache::KVCache(const std::vector<const Attention*>& blocks, int64_t n_seq, int
     layers_.push_back({a, c.n_kv_heads, c.head_dim, shape[2], c.window, Tensor::empty(shape, dtype),
                        Tensor::empty(shape, dtype)});
   }
+  for (const Block* b : stateful) {
+    State st{b, {}};
+    for (Shape s : b->state_shapes()) {
+      s.insert(s.begin(), n_seq);
+      st.tensors.push_back(Tensor::zeros(s));
+    }
+    state_index_.emplace(b, states_.size());
+    states_.push_back(std::move(st));
+  }
+}
+
+std::vector<Tensor>& KVCache::state(const Block* block) {
+  const auto it = state_index_.find(block);
+  if (it == state_index_.end()) throw ValueError("KVCache: this cache was not made for this model (a stateful block is missing)");
+  return states_[it->second].tensors;
 }
 
 KVCache::Layer& KVCache::layer(const Attention* block) {
@@ -112,17 +133,25 @@ int64_t KVCache::length(int64_t seq) const {
 }
 
 void KVCache::clear(int64_t seq) {
+  if (seq >= 0) length(seq);  // range check
+  // Keys past a sequence's length are never read; recurrent state is, so it goes back to zero.
+  for (State& st : states_)
+    for (Tensor& t : st.tensors) {
+      const Tensor part = seq < 0 ? t : t.select(0, seq);
+      std::memset(part.raw(), 0, size_t(part.nbytes()));
+    }
   if (seq < 0) {
     std::fill(len_.begin(), len_.end(), 0);
     return;
   }
-  length(seq);  // range check
   len_[size_t(seq)] = 0;
 }
 
 int64_t KVCache::nbytes() const {
   int64_t n = 0;
   for (const Layer& l : layers_) n += l.k.nbytes() + l.v.nbytes();
+  for (const State& st : states_)
+    for (const Tensor& t : st.tensors) n += t.nbytes();
   return n;
 }
 
@@ -142,6 +171,7 @@ CausalLM::CausalLM(Tensor embed, float scale, BlockPtr body_, BlockPtr norm_, Te
   name_blocks(norm, "norm");
   walk(body, [&](const Block& b) {
     if (const auto* a = dynamic_cast<const Attention*>(&b)) attention_.push_back(a);
+    if (!b.state_shapes().empty()) stateful_.push_back(&b);
   });
   for (const Attention* a : attention_)
     if (a->model_dim() != model_dim())
@@ -187,7 +217,7 @@ void CausalLM::pack_weights() {
 }
 
 std::shared_ptr<KVCache> CausalLM::make_cache(int64_t n_seq, int64_t n_ctx, int64_t n_batch, DType dtype) const {
-  return std::make_shared<KVCache>(attention_blocks(), n_seq, n_ctx, n_batch, dtype);
+  return std::make_shared<KVCache>(attention_blocks(), n_seq, n_ctx, n_batch, dtype, stateful_);
 }
 
 Tensor CausalLM::forward(KVCache& cache, const Tensor& tokens, const Tensor& seq, Logits logits, Hooks* hooks) {
@@ -199,6 +229,7 @@ Tensor CausalLM::forward(KVCache& cache, const Tensor& tokens, const Tensor& seq
     throw ValueError("CausalLM.forward: seq has " + std::to_string(seq.dim(0)) + " entries for " + std::to_string(N) +
                      " tokens");
   for (const Attention* a : attention_) cache.layer(a);  // the cache belongs to this model
+  for (const Block* b : stateful_) cache.state(b);
 
   // Runs of consecutive tokens of one sequence, each continuing that sequence in the cache.
   std::vector<int32_t> ids(static_cast<size_t>(N));

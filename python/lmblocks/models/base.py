@@ -69,23 +69,16 @@ class ModelArgs:
 
     @classmethod
     def from_config(cls, config: dict, where: str = "config"):
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in config.items() if k in names and v is not None}
-        kw["rope"] = rope_parameters(config, where=where)
-        if "partial_rotary_factor" not in kw and "partial_rotary_factor" in kw["rope"]:
-            kw["partial_rotary_factor"] = kw["rope"]["partial_rotary_factor"]
-        for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                  "vocab_size"):
-            if k not in kw:
-                raise FormatError(f"{where}: missing field {k!r}")
-        args = cls(**kw)
-        args.validate(where)
-        return args
+        rope = rope_parameters(config, where=where)
+        extra = {"rope": rope}
+        if config.get("partial_rotary_factor") is None and "partial_rotary_factor" in rope:
+            extra["partial_rotary_factor"] = rope["partial_rotary_factor"]
+        return args_from_config(cls, config, ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                              "intermediate_size", "vocab_size"), where, extra)
 
     def validate(self, where: str) -> None:
         def positive_int(k, v, limit=1 << 24):
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < limit:
-                raise FormatError(f"{where}: field {k!r} is {v!r}; expected a positive integer below {limit}")
+            check_positive_int(where, k, v, limit)
 
         for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
             positive_int(k, getattr(self, k))
@@ -113,6 +106,24 @@ class ModelArgs:
     def rotary_dim(self) -> int:
         rd = int(self.head_dim * self.partial_rotary_factor)
         return rd - rd % 2
+
+
+def args_from_config(cls, config: dict, required, where: str, extra: dict | None = None):
+    """``cls`` (a dataclass with a ``validate(where)``) from the config fields it names, plus ``extra``;
+    FormatError naming a missing required field."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: v for k, v in config.items() if k in names and v is not None} | (extra or {})
+    for k in required:
+        if k not in kw:
+            raise FormatError(f"{where}: missing field {k!r}")
+    args = cls(**kw)
+    args.validate(where)
+    return args
+
+
+def check_positive_int(where: str, k: str, v, limit: int = 1 << 24) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < limit:
+        raise FormatError(f"{where}: field {k!r} is {v!r}; expected a positive integer below {limit}")
 
 
 def check_rope(rope: dict, where: str) -> None:

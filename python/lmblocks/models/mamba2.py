@@ -1,0 +1,118 @@
+"""Mamba2 (Dao & Gu 2024, "Transformers are SSMs"): a stack of pre-norm residual layers whose only
+mixer is the Mamba2 SSD block (no MLP), a final RMSNorm and the (usually tied) head. Decode keeps a
+constant-size state per layer (conv window + SSM state) in the model's cache instead of keys and values.
+
+Per layer: ``x += Mamba2(rms_norm(x))`` (see ``lmblocks.nn.Mamba2`` / cpp/include/lmblocks/mamba.h).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..io import FormatError
+from .base import Weights, args_from_config, check_positive_int, nn
+
+MODEL_TYPES = ("mamba2",)
+GGUF_ARCHS: tuple[str, ...] = ()
+
+
+@dataclass
+class Mamba2Args:
+    """The Hugging Face Mamba2Config fields the model needs (same names)."""
+
+    model_type: str
+    hidden_size: int
+    num_hidden_layers: int
+    vocab_size: int
+    num_heads: int
+    head_dim: int = 64
+    state_size: int = 128
+    n_groups: int = 8
+    expand: int = 2
+    conv_kernel: int = 4
+    chunk_size: int = 256
+    layer_norm_epsilon: float = 1e-5
+    use_bias: bool = False
+    use_conv_bias: bool = True
+    hidden_act: str = "silu"
+    time_step_limit: tuple = (0.0, float("inf"))
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 1 << 20  # no positional limit: the state does not grow
+
+    # What lmblocks.Model's repr and summary read from any architecture's arguments.
+    @property
+    def num_attention_heads(self) -> int:
+        return 0
+
+    num_key_value_heads = 0
+
+    @classmethod
+    def from_config(cls, config: dict, where: str = "config"):
+        extra = {}
+        if isinstance(config.get("time_step_limit"), list):  # transformers writes inf as {"__float__": "Infinity"}
+            extra["time_step_limit"] = tuple(_json_float(v) for v in config["time_step_limit"])
+        return args_from_config(cls, config, ("model_type", "hidden_size", "num_hidden_layers", "vocab_size",
+                                              "num_heads"), where, extra)
+
+    def validate(self, where: str) -> None:
+        for k in ("hidden_size", "num_hidden_layers", "vocab_size", "num_heads", "head_dim", "state_size", "n_groups",
+                  "expand", "conv_kernel"):
+            check_positive_int(where, k, getattr(self, k))
+        if self.expand * self.hidden_size != self.num_heads * self.head_dim:
+            raise FormatError(f"{where}: expand * hidden_size = {self.expand * self.hidden_size} but num_heads * head_dim "
+                              f"= {self.num_heads * self.head_dim}; Mamba2 needs them equal (d_inner)")
+        if self.num_heads % self.n_groups:
+            raise FormatError(f"{where}: num_heads {self.num_heads} is not a multiple of n_groups {self.n_groups}")
+        if self.hidden_act != "silu":
+            raise FormatError(f"{where}: field 'hidden_act' is {self.hidden_act!r}; Mamba2 supports 'silu'")
+        lim = self.time_step_limit
+        if not (isinstance(lim, (list, tuple)) and len(lim) == 2 and all(isinstance(v, (int, float)) for v in lim)
+                and 0 <= lim[0] <= lim[1]):
+            raise FormatError(f"{where}: field 'time_step_limit' is {lim!r}; expected [min, max] with 0 <= min <= max")
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 0:
+            raise FormatError(f"{where}: field 'chunk_size' is {self.chunk_size!r}; expected an integer >= 0")
+
+
+ARGS = Mamba2Args
+
+
+def _json_float(v):
+    if isinstance(v, dict) and set(v) == {"__float__"} and isinstance(v["__float__"], str):
+        try:
+            return float(v["__float__"])
+        except ValueError:
+            return v
+    return v
+
+
+def mixer(args: Mamba2Args, w: Weights, p: str) -> "nn.Mamba2":
+    """The Mamba2 block under prefix ``p`` (``backbone.layers.{i}.mixer.``), weights as stored."""
+    D, H, P, G, N, K = (args.hidden_size, args.num_heads, args.head_dim, args.n_groups, args.state_size,
+                        args.conv_kernel)
+    di = H * P
+    cd = di + 2 * G * N
+    lo, hi = args.time_step_limit
+    return nn.Mamba2(
+        H, P, G, N, w.take(p + "in_proj.weight", (di + cd + H, D)), w.take(p + "conv1d.weight", (cd, 1, K)),
+        w.take(p + "conv1d.bias", (cd,)) if args.use_conv_bias else None, w.take(p + "dt_bias", (H,)),
+        w.take(p + "A_log", (H,)), w.take(p + "D", (H,)), w.take(p + "norm.weight", (di,)),
+        w.take(p + "out_proj.weight", (D, di)),
+        in_bias=w.take(p + "in_proj.bias", (di + cd + H,)) if args.use_bias else None,
+        out_bias=w.take(p + "out_proj.bias", (D,)) if args.use_bias else None,
+        chunk_size=args.chunk_size, norm_eps=float(args.layer_norm_epsilon), dt_min=float(lo),
+        dt_max=float(min(hi, 1e30)) if math.isfinite(hi) else 1e30)
+
+
+def build(args: Mamba2Args, w: Weights, progress=iter) -> "nn.CausalLM":
+    D, V, eps = args.hidden_size, args.vocab_size, float(args.layer_norm_epsilon)
+    embed = w.take("backbone.embeddings.weight", (V, D))
+
+    def layer(i):
+        p = f"backbone.layers.{i}."
+        norm = nn.RMSNorm(w.take(p + "norm.weight", (D,)), eps=eps)
+        return nn.Layer(mixer(args, w, p + "mixer."), None, attn_norm=norm)
+
+    layers = nn.Sequential([layer(i) for i in progress(range(args.num_hidden_layers))])
+    head = None if args.tie_word_embeddings or not w.has("lm_head.weight") else w.take("lm_head.weight", (V, D))
+    return nn.CausalLM(embed, 1.0, layers, nn.RMSNorm(w.take("backbone.norm_f.weight", (D,)), eps=eps), head)

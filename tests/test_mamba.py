@@ -1,0 +1,154 @@
+"""Mamba2 (issue 6): the native block and architecture against transformers' Mamba2ForCausalLM on tiny
+random configs, its state in the model's cache (decode = recompute, states equal transformers' cache,
+save/restore for branching), and a hybrid attention + Mamba2 stack built with lmblocks.nn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lmblocks as lb
+from lmblocks import nn
+
+V = 300
+CONFIGS = {
+    # chunk_size 16 so 64- and 300-token prompts cross chunk boundaries; groups 2 and 1
+    "groups2": dict(num_heads=8, head_dim=12, hidden_size=48, state_size=13, n_groups=2, chunk_size=16,
+                    tie_word_embeddings=True),
+    "groups1_untied_bias": dict(num_heads=4, head_dim=16, hidden_size=32, state_size=16, n_groups=1, chunk_size=7,
+                                tie_word_embeddings=False, use_bias=True, conv_kernel=3),
+}
+
+
+def rel_err(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def tiny(request, tmp_path_factory):
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    cfg = Mamba2Config(vocab_size=V, num_hidden_layers=2, expand=2, layer_norm_epsilon=1e-5,
+                       **CONFIGS[request.param])
+    torch.manual_seed(0)
+    ref = Mamba2ForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # every parameter random, A and dt in their usual ranges
+        for name, p in sorted(ref.named_parameters()):
+            if name.endswith("A_log"):
+                p.copy_(torch.log(torch.rand(p.shape, generator=g) * 4 + 0.5))
+            elif name.endswith("dt_bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5 - 1)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    folder = tmp_path_factory.mktemp(request.param)
+    ref.save_pretrained(folder)
+    return request.param, ref, lb.load(folder, verbose=False)
+
+
+@torch.no_grad()
+def hf_logits(ref, ids):
+    return ref(torch.tensor([list(ids)])).logits[0].numpy()
+
+
+@pytest.mark.parametrize("T", [1, 7, 64, 300])
+def test_logits_equal_transformers(tiny, T):
+    name, ref, model = tiny
+    ids = np.random.default_rng(T).integers(0, V, T)
+    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4, name
+
+
+def test_decode_step_by_step_equals_full_recompute(tiny):
+    _, _, model = tiny
+    ids = np.random.default_rng(3).integers(0, V, 40).astype(np.int32)
+    full = model.logits(ids)
+    cache = model.new_cache(1, 64)
+    rows = [model.forward(cache, ids[:10], logits="all")]
+    rows += [model.forward(cache, ids[i:i + 1], logits="all") for i in range(10, 40)]
+    np.testing.assert_allclose(np.concatenate(rows), full, atol=1e-5 * np.abs(full).max())
+
+
+def test_states_after_prefill_equal_transformers_cache(tiny):
+    name, ref, model = tiny
+    ids = np.random.default_rng(4).integers(0, V, 23)
+    with torch.no_grad():
+        out = ref(torch.tensor([ids]), use_cache=True)
+    cache = model.new_cache(1, 32)
+    model.forward(cache, ids.astype(np.int32))
+    K = ref.config.conv_kernel
+    for i, (path, (conv, ssm)) in enumerate(cache.states()):
+        assert path == f"layers.{i}.mamba"
+        want_ssm = out.cache_params.get_recurrent_state(i, state_idx=0)[0].numpy()  # (H, P, N)
+        want_conv = out.cache_params.get_conv_state(i, state_idx=0)[0].numpy()      # (conv_dim, K): last K inputs
+        np.testing.assert_allclose(ssm[0], want_ssm, atol=1e-5 * np.abs(want_ssm).max(), err_msg=name)
+        np.testing.assert_allclose(conv[0], want_conv[:, 1:], atol=1e-6 * np.abs(want_conv).max(), err_msg=name)
+        assert conv.shape[-1] == K - 1
+
+
+def test_state_save_and_restore_branches_a_generation(tiny):
+    """Prefill once, save the state, decode two different continuations from it."""
+    _, _, model = tiny
+    ids = np.random.default_rng(5).integers(0, V, 12).astype(np.int32)
+    cache = model.new_cache(1, 64)
+    model.forward(cache, ids)
+    saved = [[a.copy() for a in ts] for _, ts in cache.states()]
+    a = model.forward(cache, np.asarray([7], np.int32))
+    for (_, ts), keep in zip(cache.states(), saved):  # restore
+        for t, s in zip(ts, keep):
+            t[...] = s
+    b = model.forward(cache, np.asarray([7], np.int32))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, model.logits(np.r_[ids, 7])[-1:], atol=1e-5 * np.abs(a).max())
+    cache.clear()
+    assert all(not t.any() for _, ts in cache.states() for t in ts)
+
+
+def test_sequences_in_one_batch_equal_each_alone(tiny):
+    _, _, model = tiny
+    a, b = (np.random.default_rng(s).integers(0, V, n).astype(np.int32) for s, n in ((6, 9), (7, 14)))
+    cache = model.new_cache(2, 32)
+    both = model.forward(cache, np.r_[a, b], seq=np.r_[np.zeros(9, np.int32), np.ones(14, np.int32)], logits="all")
+    np.testing.assert_allclose(both[:9], model.logits(a), atol=1e-5)
+    np.testing.assert_allclose(both[9:], model.logits(b), atol=1e-5)
+
+
+# ---- composed with lmblocks.nn ------------------------------------------------------------------------
+
+
+def hybrid(pattern="MAMM", chunk=8):
+    rng = np.random.default_rng(0)
+    D = 64
+    blocks = {"M": lambda i: nn.Layer(nn.Mamba2(D, head_dim=16, state_size=16, n_groups=2, chunk_size=chunk, rng=rng,
+                                                 std=0.1), nn.MLP(D, 96, rng=rng, std=0.1)),
+              "A": lambda i: nn.Layer(nn.Attention(D, 4, 2, rng=rng, std=0.1), nn.MLP(D, 96, rng=rng, std=0.1))}
+    return nn.Model(nn.Embedding(V, D, rng=rng, std=1.0), nn.Stack(pattern, blocks), nn.RMSNorm(D))
+
+
+def test_hybrid_stack_decodes_as_it_prefills_and_round_trips(tmp_path):
+    model = hybrid()
+    ids = np.random.default_rng(8).integers(0, V, 50).astype(np.int32)
+    full = model.logits(ids)
+    cache = model.new_cache(1, 64)
+    rows = [model.forward(cache, ids[:20], logits="all")]
+    rows += [model.forward(cache, ids[i:i + 1], logits="all") for i in range(20, 50)]
+    np.testing.assert_allclose(np.concatenate(rows), full, atol=1e-5 * np.abs(full).max())
+    # The chunk size changes the order of sums only.
+    np.testing.assert_allclose(hybrid(chunk=0).logits(ids), full, atol=1e-4 * np.abs(full).max())
+    model.save(tmp_path / "h")
+    np.testing.assert_array_equal(lb.load(tmp_path / "h").logits(ids), full)
+    s = model.summary(context=1000, print_table=False)["totals"]
+    assert s["kv_bytes_per_token"] == 2 * 2 * 16 * 4  # the one attention layer
+    per_layer = 4 * ((128 + 2 * 2 * 16) * 3 + 8 * 16 * 16)
+    assert s["state_bytes"] == 3 * per_layer
+
+
+def test_mamba2_errors():
+    with pytest.raises(ValueError, match="n_heads 6 is not a multiple of n_groups 4"):
+        nn.Mamba2(48, 6, 16, n_groups=4)
+    with pytest.raises(ValueError, match="in_proj' has shape"):
+        nn.Mamba2(32, 4, 16, state_size=8, weights={"in_proj": np.zeros((10, 32), np.float32)})
+    with pytest.raises(ValueError, match="conv_weight has shape"):
+        lb._core.nn.Mamba2(2, 4, 1, 4, np.zeros((2 * 8 + 8 + 2, 4), np.float32), np.zeros((10, 4), np.float32), None,
+                           np.zeros(2, np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32),
+                           np.ones(8, np.float32), np.zeros((4, 8), np.float32))
