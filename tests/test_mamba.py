@@ -1,6 +1,7 @@
-"""Mamba2 (issue 6): the native block and architecture against transformers' Mamba2ForCausalLM on tiny
-random configs, its state in the model's cache (decode = recompute, states equal transformers' cache,
-save/restore for branching), and a hybrid attention + Mamba2 stack built with lmblocks.nn."""
+"""Mamba and Mamba2 (issue 6): the native blocks and architectures against transformers'
+MambaForCausalLM / Mamba2ForCausalLM on tiny random configs, their state in the model's cache (decode =
+recompute, states equal transformers' cache, save/restore for branching), and hybrid attention + SSM
+stacks built with lmblocks.nn."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from lmblocks import nn
 
 V = 300
 CONFIGS = {
-    # chunk_size 16 so 64- and 300-token prompts cross chunk boundaries; groups 2 and 1
-    "groups2": dict(num_heads=8, head_dim=12, hidden_size=48, state_size=13, n_groups=2, chunk_size=16,
-                    tie_word_embeddings=True),
-    "groups1_untied_bias": dict(num_heads=4, head_dim=16, hidden_size=32, state_size=16, n_groups=1, chunk_size=7,
-                                tie_word_embeddings=False, use_bias=True, conv_kernel=3),
+    # Mamba2: chunk_size 16 so 64- and 300-token prompts cross chunk boundaries; groups 2 and 1
+    "mamba2_groups2": dict(num_heads=8, head_dim=12, hidden_size=48, state_size=13, n_groups=2, chunk_size=16,
+                           tie_word_embeddings=True),
+    "mamba2_groups1_untied_bias": dict(num_heads=4, head_dim=16, hidden_size=32, state_size=16, n_groups=1,
+                                       chunk_size=7, tie_word_embeddings=False, use_bias=True, conv_kernel=3),
+    "mamba": dict(hidden_size=40, state_size=13, tie_word_embeddings=True),
+    "mamba_untied_bias_rank3": dict(hidden_size=24, state_size=8, time_step_rank=3, conv_kernel=2, use_bias=True,
+                                    tie_word_embeddings=False),
 }
 
 
@@ -27,18 +31,20 @@ def rel_err(a, b):
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def tiny(request, tmp_path_factory):
-    from transformers import Mamba2Config, Mamba2ForCausalLM
+    import transformers
 
-    cfg = Mamba2Config(vocab_size=V, num_hidden_layers=2, expand=2, layer_norm_epsilon=1e-5,
-                       **CONFIGS[request.param])
+    v2 = request.param.startswith("mamba2")
+    Config = transformers.Mamba2Config if v2 else transformers.MambaConfig
+    Model = transformers.Mamba2ForCausalLM if v2 else transformers.MambaForCausalLM
+    cfg = Config(vocab_size=V, num_hidden_layers=2, expand=2, layer_norm_epsilon=1e-5, **CONFIGS[request.param])
     torch.manual_seed(0)
-    ref = Mamba2ForCausalLM(cfg).eval()
+    ref = Model(cfg).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # every parameter random, A and dt in their usual ranges
         for name, p in sorted(ref.named_parameters()):
             if name.endswith("A_log"):
                 p.copy_(torch.log(torch.rand(p.shape, generator=g) * 4 + 0.5))
-            elif name.endswith("dt_bias"):
+            elif name.endswith("dt_bias") or name.endswith("dt_proj.bias"):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5 - 1)
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
@@ -79,7 +85,7 @@ def test_states_after_prefill_equal_transformers_cache(tiny):
     K = ref.config.conv_kernel
     for i, (path, (conv, ssm)) in enumerate(cache.states()):
         assert path == f"layers.{i}.mamba"
-        want_ssm = out.cache_params.get_recurrent_state(i, state_idx=0)[0].numpy()  # (H, P, N)
+        want_ssm = out.cache_params.get_recurrent_state(i, state_idx=0)[0].numpy()  # (H, P, N) or (d_inner, N)
         want_conv = out.cache_params.get_conv_state(i, state_idx=0)[0].numpy()      # (conv_dim, K): last K inputs
         np.testing.assert_allclose(ssm[0], want_ssm, atol=1e-5 * np.abs(want_ssm).max(), err_msg=name)
         np.testing.assert_allclose(conv[0], want_conv[:, 1:], atol=1e-6 * np.abs(want_conv).max(), err_msg=name)
@@ -116,11 +122,12 @@ def test_sequences_in_one_batch_equal_each_alone(tiny):
 # ---- composed with lmblocks.nn ------------------------------------------------------------------------
 
 
-def hybrid(pattern="MAMM", chunk=8):
+def hybrid(pattern="MAMS", chunk=8):
     rng = np.random.default_rng(0)
     D = 64
     blocks = {"M": lambda i: nn.Layer(nn.Mamba2(D, head_dim=16, state_size=16, n_groups=2, chunk_size=chunk, rng=rng,
                                                  std=0.1), nn.MLP(D, 96, rng=rng, std=0.1)),
+              "S": lambda i: nn.Layer(nn.Mamba(D, state_size=8, rng=rng, std=0.1)),
               "A": lambda i: nn.Layer(nn.Attention(D, 4, 2, rng=rng, std=0.1), nn.MLP(D, 96, rng=rng, std=0.1))}
     return nn.Model(nn.Embedding(V, D, rng=rng, std=1.0), nn.Stack(pattern, blocks), nn.RMSNorm(D))
 
@@ -139,8 +146,9 @@ def test_hybrid_stack_decodes_as_it_prefills_and_round_trips(tmp_path):
     np.testing.assert_array_equal(lb.load(tmp_path / "h").logits(ids), full)
     s = model.summary(context=1000, print_table=False)["totals"]
     assert s["kv_bytes_per_token"] == 2 * 2 * 16 * 4  # the one attention layer
-    per_layer = 4 * ((128 + 2 * 2 * 16) * 3 + 8 * 16 * 16)
-    assert s["state_bytes"] == 3 * per_layer
+    mamba2 = 4 * ((128 + 2 * 2 * 16) * 3 + 8 * 16 * 16)
+    mamba = 4 * (128 * 3 + 128 * 8)
+    assert s["state_bytes"] == 2 * mamba2 + mamba
 
 
 def test_mamba2_errors():
@@ -152,3 +160,9 @@ def test_mamba2_errors():
         lb._core.nn.Mamba2(2, 4, 1, 4, np.zeros((2 * 8 + 8 + 2, 4), np.float32), np.zeros((10, 4), np.float32), None,
                            np.zeros(2, np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32),
                            np.ones(8, np.float32), np.zeros((4, 8), np.float32))
+    with pytest.raises(ValueError, match=r"x_proj' has shape \(4, 64\); expected \(18, 64\)"):
+        nn.Mamba(32, state_size=8, weights={"x_proj": np.zeros((4, 64), np.float32)})
+    with pytest.raises(ValueError, match="A_log must be a 2-D"):
+        lb._core.nn.Mamba(*(np.zeros((64, 32), np.float32),) * 2, None, np.zeros((18, 64), np.float32),
+                          np.zeros((64, 2), np.float32), np.zeros(64, np.float32), np.zeros(64, np.float32),
+                          np.zeros(64, np.float32), np.zeros((32, 64), np.float32))

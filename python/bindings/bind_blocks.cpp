@@ -172,6 +172,27 @@ void bind_blocks(py::module_ m) {
       .def_property_readonly("dt_limit", [](const Mamba2& b) { return py::make_tuple(b.cfg.dt_min, b.cfg.dt_max); })
       .def_property_readonly("d_inner", &Mamba2::d_inner);
 
+  py::class_<Mamba, Block, std::shared_ptr<Mamba>>(m, "Mamba")
+      .def(py::init([](py::object in_proj, py::object conv_weight, py::object conv_bias, py::object x_proj,
+                       py::object dt_proj, py::object dt_bias, py::object A_log, py::object D, py::object out_proj,
+                       py::object in_bias, py::object out_bias) {
+             const char* op = "Mamba";
+             Tensor cw = to_tensor(conv_weight, op, "conv_weight");
+             if (cw.ndim() == 3 && cw.dim(1) == 1) cw = cw.reshape({cw.dim(0), cw.dim(2)});
+             return std::make_shared<Mamba>(
+                 to_tensor(in_proj, op, "in_proj"), cw, to_tensor_opt(conv_bias, op, "conv_bias"),
+                 to_tensor(x_proj, op, "x_proj"), to_tensor(dt_proj, op, "dt_proj"), to_tensor(dt_bias, op, "dt_bias"),
+                 to_tensor(A_log, op, "A_log"), to_tensor(D, op, "D"), to_tensor(out_proj, op, "out_proj"),
+                 to_tensor_opt(in_bias, op, "in_bias"), to_tensor_opt(out_bias, op, "out_bias"));
+           }),
+           py::arg("in_proj"), py::arg("conv_weight"), py::arg("conv_bias"), py::arg("x_proj"), py::arg("dt_proj"),
+           py::arg("dt_bias"), py::arg("A_log"), py::arg("D"), py::arg("out_proj"), py::arg("in_bias") = py::none(),
+           py::arg("out_bias") = py::none(), "conv_weight (d_inner, K) or transformers' (d_inner, 1, K).")
+      .def_property_readonly("d_inner", &Mamba::d_inner)
+      .def_property_readonly("state_size", &Mamba::state_size)
+      .def_property_readonly("dt_rank", &Mamba::dt_rank)
+      .def_property_readonly("conv_kernel", &Mamba::conv_kernel);
+
   py::class_<Linear, Block, std::shared_ptr<Linear>>(m, "Linear")
       .def(py::init([](py::object w, py::object b) {
              return std::make_shared<Linear>(to_tensor(w, "Linear", "weight"), to_tensor_opt(b, "Linear", "bias"));

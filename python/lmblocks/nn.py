@@ -288,6 +288,42 @@ class MoE(_c.MoE):
                          shared_gate=sg)
 
 
+class Mamba(_c.Mamba):
+    """Mamba's selective-scan mixer: ``expand * dim`` inner channels, a causal conv of ``conv_kernel``, a
+    per-token dt of rank ``dt_rank`` (default ceil(dim / 16)), B and C of ``state_size``, D skip and a
+    SiLU gate. Conv window and SSM state live in the model's cache, constant in context length. Random
+    init follows transformers' Mamba: A = -(1 .. state_size) per channel, D = 1, dt in [dt_init]
+    log-uniform. Weights: in_proj, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D,
+    out_proj, in_bias, out_bias."""
+
+    def __init__(self, dim: int, *, state_size: int = 16, expand: int = 2, conv_kernel: int = 4,
+                 dt_rank: int | None = None, bias: bool = False, conv_bias: bool = True, dt_init=(1e-3, 0.1),
+                 weights: Mapping | None = None, init: str = "normal", std: float = 0.02, dtype: str = "f32", rng=None):
+        dt_rank = -(-dim // 16) if dt_rank is None else dt_rank
+        _positive("Mamba", dim=dim, state_size=state_size, expand=expand, conv_kernel=conv_kernel, dt_rank=dt_rank)
+        di, N = expand * dim, state_size
+        p = _Params("Mamba", weights, init, std, dtype, rng)
+        f32 = _Params("Mamba", weights, init, std, "f32", p.rng)
+        in_proj = p.matrix("in_proj", (2 * di, dim))
+        conv_w = f32.matrix("conv_weight", (di, conv_kernel)) if "conv_weight" in f32.given else \
+            (p.rng.uniform(-1, 1, (di, conv_kernel)) / np.sqrt(conv_kernel)).astype(np.float32)
+        conv_b = f32.vector("conv_bias", di, want=conv_bias)
+        x_proj = p.matrix("x_proj", (dt_rank + 2 * N, di))
+        dt_proj = f32.matrix("dt_proj", (di, dt_rank))
+        lo, hi = dt_init
+        dt = np.exp(p.rng.uniform(np.log(lo), np.log(hi), di))
+        dt_b = f32.vector("dt_bias", di) if "dt_bias" in f32.given else (dt + np.log(-np.expm1(-dt))).astype(np.float32)
+        a_log = f32._given("A_log", (di, N)) if "A_log" in f32.given else \
+            np.log(np.broadcast_to(np.arange(1, N + 1, dtype=np.float32), (di, N))).copy()
+        d = f32.vector("D", di, 1.0)
+        out_proj = p.matrix("out_proj", (dim, di))
+        ib = p.vector("in_bias", 2 * di, want=bias)
+        ob = p.vector("out_bias", dim, want=bias)
+        p.used |= f32.used
+        p.check_used()
+        super().__init__(in_proj, conv_w, conv_b, x_proj, dt_proj, dt_b, a_log, d, out_proj, in_bias=ib, out_bias=ob)
+
+
 class Mamba2(_c.Mamba2):
     """Mamba2's mixer (SSD): ``n_heads`` heads of ``head_dim`` (``n_heads * head_dim`` is the inner width,
     usually 2 * dim), ``n_groups`` groups of B/C of ``state_size``, a causal conv of ``conv_kernel`` over
@@ -469,5 +505,5 @@ class Model(_LoadedModel):
         serialize.save(self, path)
 
 
-__all__ = ["seed", "as_dtype", "Embedding", "Linear", "RMSNorm", "LayerNorm", "Attention", "MLP", "MoE", "Mamba2", "Layer", "Stack",
+__all__ = ["seed", "as_dtype", "Embedding", "Linear", "RMSNorm", "LayerNorm", "Attention", "MLP", "MoE", "Mamba", "Mamba2", "Layer", "Stack",
            "Model", "Block", "Sequential", "Residual", "CausalLM", "KVCache", "Hooks"]

@@ -83,7 +83,7 @@ def _block(b, path: str, w: _Writer) -> dict:
             c = getattr(b, slot)
             if c is not None:
                 spec[slot] = _block(c, f"{path}.{slot}", w)
-    elif kind != "Linear":
+    elif kind not in ("Linear", "Mamba"):  # these hold nothing but weights
         raise NotImplementedError(f"saving a {kind} block ({path}) is not supported yet")
     return spec
 
@@ -173,6 +173,10 @@ def _build(spec, r: _Reader, where: str):
             shared = _build(spec["shared"], r, where + ".shared") if spec.get("shared") else None
             extra = {n: t[n] for n in ("router_bias", "selection_bias", "shared_gate") if n in t}
             return nn.MoE(t["router"], t.get("gate_proj"), t["up_proj"], t["down_proj"], shared=shared, **extra, **kw)
+        if kind == "Mamba":
+            opt = {n: t.get(n) for n in ("conv_bias", "in_bias", "out_bias")}
+            return nn.Mamba(t["in_proj"], t["conv_weight"], opt["conv_bias"], t["x_proj"], t["dt_proj"], t["dt_bias"],
+                            t["A_log"], t["D"], t["out_proj"], in_bias=opt["in_bias"], out_bias=opt["out_bias"])
         if kind == "Mamba2":
             kw = {f: spec[f] for f in _MAMBA2_FIELDS if f in spec}
             lo, hi = _get(spec, "dt_limit", list, here)

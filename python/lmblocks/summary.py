@@ -69,6 +69,8 @@ def _describe(b) -> str:
         return f"MoE {b.top_k}/{b.n_experts}" + (" +shared" if b.shared is not None else "")
     if b.kind == "Mamba2":
         return f"Mamba2 {b.n_heads}x{b.head_dim} N{b.state_size}"
+    if b.kind == "Mamba":
+        return f"Mamba {b.d_inner} N{b.state_size}"
     return b.kind
 
 
@@ -84,7 +86,7 @@ def parts(model, context: int = 0, kv_dtype: str = "f32") -> list[Part]:
     tops = [p for p in blocks if p.count(".") == 1] if lm.body.kind == "Sequential" else ["layers"]
     for top in tops:
         inner = {p: b for p, b in blocks.items() if p == top or p.startswith(top + ".")}
-        kinds = [_describe(b) for p, b in inner.items() if b.kind in ("Attention", "MLP", "MoE", "Mamba2")
+        kinds = [_describe(b) for p, b in inner.items() if b.kind in ("Attention", "MLP", "MoE", "Mamba", "Mamba2")
                  and not p.endswith(".shared")]
         part = Part(top, " + ".join(kinds) or blocks[top].kind)
         for p, b in inner.items():
@@ -94,10 +96,11 @@ def parts(model, context: int = 0, kv_dtype: str = "f32") -> list[Part]:
             for name, t in b.weights().items():
                 three_d = len(t.shape) == 3
                 _add_tensor(part, t, active=active if three_d else 1.0)
-            if b.kind == "Mamba2":
-                conv = (b.d_inner + 2 * b.n_groups * b.state_size) * (b.conv_kernel - 1)
-                part.state_bytes += 4 * (conv + b.n_heads * b.head_dim * b.state_size)
-                part.decode_bytes += 2 * part.state_bytes  # read and written each step
+            if b.kind in ("Mamba", "Mamba2"):
+                conv_dim = b.d_inner + (2 * b.n_groups * b.state_size if b.kind == "Mamba2" else 0)
+                state = 4 * (conv_dim * (b.conv_kernel - 1) + b.d_inner * b.state_size)
+                part.state_bytes += state
+                part.decode_bytes += 2 * state  # read and written each step
             if b.kind == "Attention":
                 per_tok = 2 * b.n_kv_heads * b.head_dim * kv_elt
                 keys = min(context, b.window) if b.window else context

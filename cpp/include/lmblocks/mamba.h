@@ -47,4 +47,39 @@ class Mamba2 : public Block {
   Tensor A_;  // -exp(A_log), (H,) f32
 };
 
+// Mamba's mixer (Gu & Dao 2023), as transformers' MambaMixer computes it:
+//   [x | z] = in_proj(x);  x = silu(conv1d(x)) over time (window in the cache);
+//   [dt_low | B | C] = x_proj(x);  dt = dt_proj(dt_low) (+ dt_bias inside the scan, then softplus);
+//   y = selective_scan(x, dt, A = -exp(A_log), B, C, D) * silu(z), state (d_inner, N) in the cache;
+//   out = out_proj(y).
+class Mamba : public Block {
+ public:
+  Mamba(Tensor in_proj, Tensor conv_weight, Tensor conv_bias, Tensor x_proj, Tensor dt_proj, Tensor dt_bias,
+        Tensor A_log, Tensor D, Tensor out_proj, Tensor in_bias = {}, Tensor out_bias = {});
+  Tensor forward(Context& ctx, const Tensor& x) override;
+  std::vector<std::pair<std::string, Tensor>> weights() const override;
+  std::string kind() const override { return "Mamba"; }
+  std::string role() const override { return "mamba"; }
+  int64_t in_dim() const override { return in_proj.dim(1); }
+  std::vector<Shape> state_shapes() const override;
+  int64_t d_inner() const { return A_log.dim(0); }
+  int64_t state_size() const { return A_log.dim(1); }
+  int64_t dt_rank() const { return dt_proj.dim(1); }
+  int64_t conv_kernel() const { return conv_weight.dim(1); }
+
+  Tensor in_proj;      // (2 d_inner, D)
+  Tensor conv_weight;  // (d_inner, K)
+  Tensor conv_bias;    // (d_inner,) optional
+  Tensor x_proj;       // (R + 2N, d_inner)
+  Tensor dt_proj;      // (d_inner, R)
+  Tensor dt_bias;      // (d_inner,)
+  Tensor A_log;        // (d_inner, N)
+  Tensor D;            // (d_inner,)
+  Tensor out_proj;     // (D, d_inner)
+  Tensor in_bias, out_bias;  // optional
+
+ private:
+  Tensor A_;  // -exp(A_log), (d_inner, N) f32
+};
+
 }  // namespace lb::blocks

@@ -1,5 +1,6 @@
-// Mamba2's mixer over the batch's runs: each sequence's tokens continue its conv window and SSM state,
-// both kept in the model's cache (KVCache::state), so prefill and one-token decode share one path.
+// Mamba's and Mamba2's mixers over the batch's runs: each sequence's tokens continue its conv window and
+// SSM state, both kept in the model's cache (KVCache::state), so prefill and one-token decode share one
+// path. Projections run over the whole batch; the conv and the scan run per sequence.
 #include <cmath>
 #include <cstring>
 
@@ -13,9 +14,9 @@ namespace {
 
 constexpr const char* kBlock = "Mamba2";
 
-void check_vec(const Tensor& t, int64_t n, const char* name, bool required) {
-  if (required && !t.defined()) throw ValueError(std::string(kBlock) + ": " + name + " is required");
-  detail::check_vector(t, n, kBlock, name);
+void check_vec(const Tensor& t, int64_t n, const char* name, bool required, const char* block = kBlock) {
+  if (required && !t.defined()) throw ValueError(std::string(block) + ": " + name + " is required");
+  detail::check_vector(t, n, block, name);
 }
 
 Tensor f32(const Tensor& t) { return !t.defined() || t.dtype() == DType::f32 ? t : t.to(DType::f32); }
@@ -91,6 +92,80 @@ std::vector<std::pair<std::string, Tensor>> Mamba2::weights() const {
   std::vector<std::pair<std::string, Tensor>> w = {{"in_proj", in_proj}, {"conv_weight", conv_weight}};
   if (conv_bias.defined()) w.emplace_back("conv_bias", conv_bias);
   w.insert(w.end(), {{"dt_bias", dt_bias}, {"A_log", A_log}, {"D", D}, {"norm", norm}, {"out_proj", out_proj}});
+  if (in_bias.defined()) w.emplace_back("in_bias", in_bias);
+  if (out_bias.defined()) w.emplace_back("out_bias", out_bias);
+  return w;
+}
+
+// ---- Mamba (v1) --------------------------------------------------------------------------------------
+
+Mamba::Mamba(Tensor ip, Tensor cw, Tensor cb, Tensor xp, Tensor dtp, Tensor dtb, Tensor al, Tensor d, Tensor op,
+             Tensor ib, Tensor ob)
+    : in_proj(std::move(ip)), conv_weight(std::move(cw)), conv_bias(std::move(cb)), x_proj(std::move(xp)),
+      dt_proj(std::move(dtp)), dt_bias(std::move(dtb)), A_log(std::move(al)), D(std::move(d)),
+      out_proj(std::move(op)), in_bias(std::move(ib)), out_bias(std::move(ob)) {
+  const char* b = "Mamba";
+  if (!A_log.defined() || A_log.ndim() != 2 || A_log.dim(0) < 1 || A_log.dim(1) < 1)
+    throw ValueError("Mamba: A_log must be a 2-D (d_inner, state_size) tensor");
+  if (!in_proj.defined() || in_proj.ndim() != 2) throw ValueError("Mamba: in_proj must be a 2-D (2 d_inner, D) weight");
+  if (!dt_proj.defined() || dt_proj.ndim() != 2) throw ValueError("Mamba: dt_proj must be a 2-D (d_inner, dt_rank) weight");
+  const int64_t di = d_inner(), Ns = state_size(), Dm = in_proj.dim(1), R = dt_proj.dim(1);
+  detail::check_matrix(in_proj, 2 * di, Dm, b, "in_proj");
+  detail::check_matrix(x_proj, R + 2 * Ns, di, b, "x_proj");
+  detail::check_matrix(dt_proj, di, R, b, "dt_proj");
+  detail::check_matrix(out_proj, Dm, di, b, "out_proj");
+  if (!conv_weight.defined() || conv_weight.ndim() != 2 || conv_weight.dim(0) != di || conv_weight.dim(1) < 1)
+    throw ValueError("Mamba: conv_weight has shape " +
+                     (conv_weight.defined() ? shape_str(conv_weight.shape()) : std::string("none")) + "; expected (" +
+                     std::to_string(di) + ", K) = (d_inner, conv_kernel)");
+  check_vec(conv_bias, di, "conv_bias", false, b);
+  check_vec(dt_bias, di, "dt_bias", true, b);
+  check_vec(D, di, "D", true, b);
+  check_vec(in_bias, 2 * di, "in_bias", false, b);
+  check_vec(out_bias, Dm, "out_bias", false, b);
+  conv_weight = f32(conv_weight).contiguous();
+  conv_bias = f32(conv_bias);
+  dt_bias = f32(dt_bias);
+  D = f32(D);
+  A_ = f32(A_log).clone();
+  float* a = A_.data<float>();
+  for (int64_t i = 0; i < A_.numel(); ++i) a[i] = -std::exp(a[i]);
+}
+
+std::vector<Shape> Mamba::state_shapes() const {
+  return {{d_inner(), conv_kernel() - 1}, {d_inner(), state_size()}};
+}
+
+Tensor Mamba::forward(Context& ctx, const Tensor& x) {
+  const int64_t N = ctx.N, di = d_inner(), Ns = state_size(), R = dt_rank();
+  const Tensor xz = ops::linear(x, in_proj, in_bias);  // (N, 2 d_inner): [x | z]
+  std::vector<Tensor>& st = ctx.cache->state(this);
+  Tensor xs = Tensor::empty({N, di});  // the conv's output, every run
+  for (const Run& run : ctx.runs) {
+    Tensor conv_state = st[0].select(0, run.seq);
+    const Tensor c = ops::causal_conv1d(xz.slice(0, run.begin, run.begin + run.n).slice(1, 0, di), conv_weight,
+                                        conv_bias, conv_state, true);
+    std::memcpy(xs.data<float>() + run.begin * di, c.contiguous().raw(), size_t(run.n * di) * 4);
+  }
+  const Tensor dbc = ops::linear(xs, x_proj);                   // (N, R + 2N)
+  const Tensor dt = ops::linear(dbc.slice(1, 0, R), dt_proj);  // (N, d_inner), bias added in the scan
+  Tensor y = Tensor::empty({N, di});
+  for (const Run& run : ctx.runs) {
+    const int64_t a = run.begin, e = run.begin + run.n;
+    Tensor ssm_state = st[1].select(0, run.seq);
+    const Tensor yr = ops::selective_scan(xs.slice(0, a, e), dt.slice(0, a, e), A_, dbc.slice(0, a, e).slice(1, R, R + Ns),
+                                          dbc.slice(0, a, e).slice(1, R + Ns, R + 2 * Ns), D,
+                                          xz.slice(0, a, e).slice(1, di, 2 * di), dt_bias, ssm_state, true);
+    std::memcpy(y.data<float>() + a * di, yr.contiguous().raw(), size_t(run.n * di) * 4);
+  }
+  return ops::linear(y, out_proj, out_bias);
+}
+
+std::vector<std::pair<std::string, Tensor>> Mamba::weights() const {
+  std::vector<std::pair<std::string, Tensor>> w = {{"in_proj", in_proj}, {"conv_weight", conv_weight}};
+  if (conv_bias.defined()) w.emplace_back("conv_bias", conv_bias);
+  w.insert(w.end(), {{"x_proj", x_proj}, {"dt_proj", dt_proj}, {"dt_bias", dt_bias}, {"A_log", A_log}, {"D", D},
+                     {"out_proj", out_proj}});
   if (in_bias.defined()) w.emplace_back("in_bias", in_bias);
   if (out_bias.defined()) w.emplace_back("out_bias", out_bias);
   return w;

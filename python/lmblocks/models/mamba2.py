@@ -2,7 +2,8 @@
 mixer is the Mamba2 SSD block (no MLP), a final RMSNorm and the (usually tied) head. Decode keeps a
 constant-size state per layer (conv window + SSM state) in the model's cache instead of keys and values.
 
-Per layer: ``x += Mamba2(rms_norm(x))`` (see ``lmblocks.nn.Mamba2`` / cpp/include/lmblocks/mamba.h).
+Per layer: ``x += Mamba2(rms_norm(x))`` (see ``lmblocks.nn.Mamba2`` / cpp/include/lmblocks/mamba.h), in
+:func:`lmblocks.models.mamba.backbone`'s layout.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ..io import FormatError
+from . import mamba
 from .base import Weights, args_from_config, check_positive_int, nn
 
 MODEL_TYPES = ("mamba2",)
@@ -40,11 +42,7 @@ class Mamba2Args:
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 1 << 20  # no positional limit: the state does not grow
 
-    # What lmblocks.Model's repr and summary read from any architecture's arguments.
-    @property
-    def num_attention_heads(self) -> int:
-        return 0
-
+    num_attention_heads = 0  # what lmblocks.Model's repr reads from any architecture's arguments
     num_key_value_heads = 0
 
     @classmethod
@@ -105,14 +103,4 @@ def mixer(args: Mamba2Args, w: Weights, p: str) -> "nn.Mamba2":
 
 
 def build(args: Mamba2Args, w: Weights, progress=iter) -> "nn.CausalLM":
-    D, V, eps = args.hidden_size, args.vocab_size, float(args.layer_norm_epsilon)
-    embed = w.take("backbone.embeddings.weight", (V, D))
-
-    def layer(i):
-        p = f"backbone.layers.{i}."
-        norm = nn.RMSNorm(w.take(p + "norm.weight", (D,)), eps=eps)
-        return nn.Layer(mixer(args, w, p + "mixer."), None, attn_norm=norm)
-
-    layers = nn.Sequential([layer(i) for i in progress(range(args.num_hidden_layers))])
-    head = None if args.tie_word_embeddings or not w.has("lm_head.weight") else w.take("lm_head.weight", (V, D))
-    return nn.CausalLM(embed, 1.0, layers, nn.RMSNorm(w.take("backbone.norm_f.weight", (D,)), eps=eps), head)
+    return mamba.backbone(args, w, lambda p: mixer(args, w, p), progress)
