@@ -1,5 +1,5 @@
-"""Mamba and Mamba2 (issue 6): the native blocks and architectures against transformers'
-MambaForCausalLM / Mamba2ForCausalLM on tiny random configs, their state in the model's cache (decode =
+"""Mamba, Mamba2 and Bamba (issue 6): the native blocks and architectures against transformers'
+MambaForCausalLM / Mamba2ForCausalLM / BambaForCausalLM on tiny random configs, their state in the model's cache (decode =
 recompute, states equal transformers' cache, save/restore for branching), and hybrid attention + SSM
 stacks built with lmblocks.nn."""
 
@@ -29,6 +29,19 @@ def rel_err(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def randomize(ref):
+    """Every parameter random (seeded), A and dt in their usual ranges."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in sorted(ref.named_parameters()):
+            if name.endswith("A_log"):
+                p.copy_(torch.log(torch.rand(p.shape, generator=g) * 4 + 0.5))
+            elif name.endswith("dt_bias") or name.endswith("dt_proj.bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5 - 1)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def tiny(request, tmp_path_factory):
     import transformers
@@ -39,15 +52,7 @@ def tiny(request, tmp_path_factory):
     cfg = Config(vocab_size=V, num_hidden_layers=2, expand=2, layer_norm_epsilon=1e-5, **CONFIGS[request.param])
     torch.manual_seed(0)
     ref = Model(cfg).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # every parameter random, A and dt in their usual ranges
-        for name, p in sorted(ref.named_parameters()):
-            if name.endswith("A_log"):
-                p.copy_(torch.log(torch.rand(p.shape, generator=g) * 4 + 0.5))
-            elif name.endswith("dt_bias") or name.endswith("dt_proj.bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5 - 1)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    randomize(ref)
     folder = tmp_path_factory.mktemp(request.param)
     ref.save_pretrained(folder)
     return request.param, ref, lb.load(folder, verbose=False)
@@ -166,3 +171,40 @@ def test_mamba2_errors():
         lb._core.nn.Mamba(*(np.zeros((64, 32), np.float32),) * 2, None, np.zeros((18, 64), np.float32),
                           np.zeros((64, 2), np.float32), np.zeros(64, np.float32), np.zeros(64, np.float32),
                           np.zeros(64, np.float32), np.zeros((32, 64), np.float32))
+
+
+# ---- Bamba: Mamba2 and attention layers in one checkpoint -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bamba(tmp_path_factory):
+    from transformers import BambaConfig, BambaForCausalLM
+
+    cfg = BambaConfig(vocab_size=V, hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, attn_layer_indices=[1], mamba_n_heads=8, mamba_n_groups=2,
+                      mamba_d_state=12, mamba_chunk_size=16, tie_word_embeddings=False, max_position_embeddings=512)
+    torch.manual_seed(0)
+    ref = BambaForCausalLM(cfg).eval()
+    randomize(ref)
+    folder = tmp_path_factory.mktemp("bamba")
+    ref.save_pretrained(folder)
+    return ref, lb.load(folder, verbose=False)
+
+
+@pytest.mark.parametrize("T", [1, 7, 64, 300])
+def test_bamba_logits_equal_transformers(bamba, T):
+    ref, model = bamba
+    assert [b.mixer.kind for b in model.lm.body] == ["Mamba2", "Attention", "Mamba2", "Mamba2"]
+    ids = np.random.default_rng(T).integers(0, V, T)
+    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4
+
+
+def test_bamba_decode_equals_recompute(bamba):
+    _, model = bamba
+    ids = np.random.default_rng(9).integers(0, V, 30).astype(np.int32)
+    full = model.logits(ids)
+    cache = model.new_cache(1, 32)
+    rows = [model.forward(cache, ids[:17], logits="all")]
+    rows += [model.forward(cache, ids[i:i + 1], logits="all") for i in range(17, 30)]
+    np.testing.assert_allclose(np.concatenate(rows), full, atol=1e-5 * np.abs(full).max())
+    assert len(cache) == 1 and len(cache.states()) == 3  # one attention layer's keys, three SSM states
