@@ -150,20 +150,25 @@ def model_files(out_dir: pathlib.Path) -> dict[str, pathlib.Path]:
     files.update({f"smollm2-{q}": out_dir / f"smollm2-135m-{q}.gguf" for q in ("q4_0", "q4_k_m", "q8_0", "f16")})
     files["gemma3-q4_k_m"] = assets.gemma3_270m()
     files.update({f"tinyllama-{q}": out_dir / f"tinyllama-shape-{q}.gguf" for q in ("q4_0", "q4_k_m", "q8_0")})
+    files["olmoe-shape-q4_0"] = out_dir / "olmoe-shape-q4_0.gguf"
     return files
 
 
 def weight_bytes_per_token(path: pathlib.Path) -> int:
     """Bytes of weights one decode step reads: every tensor, except an untied embedding table (of
-    which one row is read)."""
+    which one row is read) and stacked experts (`*_exps`, of which the expert_used_count chosen of
+    expert_count are read)."""
     from lmblocks.io import read_gguf
 
     f = read_gguf(path)
-    total = sum(t.nbytes for t in f.tensors.values())
+    arch = f.metadata.get("general.architecture")
+    n_expert = f.metadata.get(f"{arch}.expert_count", 0)
+    used = f.metadata.get(f"{arch}.expert_used_count", 0) / n_expert if n_expert else 1.0
+    total = sum(t.nbytes * (used if "_exps." in name else 1.0) for name, t in f.tensors.items())
     if "output.weight" in f.tensors:
         emb = f.tensors["token_embd.weight"]
         total -= emb.nbytes - emb.nbytes // emb.shape[0]
-    return total
+    return int(total)
 
 
 # ---- the report ----------------------------------------------------------------------------------

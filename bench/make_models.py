@@ -1,6 +1,6 @@
 """GGUF files for the LLM benchmark, made locally because this machine reaches no model hub.
 
-    python bench/make_models.py [--out DIR] [--only smollm2|tinyllama] [--keep-f16]
+    python bench/make_models.py [--out DIR] [--only smollm2|tinyllama|olmoe] [--keep-f16]
 
 - SmolLM2-135M-Instruct at the formats people actually run: its only shipped file is Q4_1, so its
   weights are dequantized to F16 (norms stay F32) with every metadata key copied (tokenizer, chat
@@ -9,6 +9,15 @@
 - A TinyLlama-1.1B-shaped llama with random weights (std 0.02, seed fixed) and a 32000-token SPM
   vocab: 135M parameters fit in cache, 1.1B do not, and decode speed at that size is a question
   of memory bandwidth, which is what the bigger shape measures. Its text is noise by design.
+- An OLMoE-1B-7B-shaped mixture of experts ("olmoe": 16 layers, 64 experts of F=1024, top 8, q/k
+  RMSNorm over all heads; H = Hkv as llama.cpp's olmoe graph requires) with random weights the same
+  way, in Q4_0 only (~3.9 GB; its F16 is 13 GB while it lasts). Routers stay F32 as llama.cpp's
+  converter writes them (and its quantizer leaves them). Decode reads 8 of 64 experts per layer, so
+  about 1.2B parameters a token. The embedding has std 1 and the matrices writing into the residual
+  stream (attn_output, ffn_down_exps) std 0.005, so each token's own embedding dominates its residual:
+  with std 0.02 everywhere the attention's average over the context swamps it and, from the second
+  layer on, every token picks the same few experts (22-37 of 64 used, one taking all 256 tokens). The
+  check prints how evenly the router spreads 512 tokens over the experts.
 
 Every file is loaded by llama.cpp afterwards and must produce tokens; SmolLM2's F16 must answer
 a chat prompt sensibly. Files already present are skipped, so the script is cheap to rerun.
@@ -36,8 +45,11 @@ SEED = 0
 CHAT_PROMPT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
                "<|im_start|>user\nWhat is the capital of France? Answer in one sentence.<|im_end|>\n"
                "<|im_start|>assistant\n")
-TINYLLAMA = dict(n_vocab=32000, n_embd=2048, n_layer=22, n_head=32, n_head_kv=4, n_ff=5632, n_ctx=2048,
-                 rope_theta=10000.0, rms_eps=1e-5)
+TINYLLAMA = dict(arch="llama", name="TinyLlama-1.1B-shaped random weights", n_vocab=32000, n_embd=2048,
+                 n_layer=22, n_head=32, n_head_kv=4, n_ff=5632, n_ctx=2048, rope_theta=10000.0, rms_eps=1e-5)
+OLMOE = dict(arch="olmoe", name="OLMoE-1B-7B-shaped random weights", n_vocab=50304, n_embd=2048, n_layer=16,
+             n_head=16, n_head_kv=16, n_ff=1024, n_ctx=4096, rope_theta=10000.0, rms_eps=1e-5, n_expert=64,
+             n_expert_used=8, std={"token_embd": 1.0, "attn_output": 0.005, "ffn_down_exps": 0.005})
 
 
 def say(msg: str) -> None:
@@ -91,8 +103,8 @@ def spm_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def add_tinyllama_metadata(writer: gguf.GGUFWriter, hp: dict) -> None:
-    writer.add_name("TinyLlama-1.1B-shaped random weights")
+def add_random_metadata(writer: gguf.GGUFWriter, hp: dict) -> None:
+    writer.add_name(hp["name"])
     writer.add_file_type(llama_cpp.LLAMA_FTYPE_MOSTLY_F16)
     writer.add_context_length(hp["n_ctx"])
     writer.add_embedding_length(hp["n_embd"])
@@ -104,6 +116,10 @@ def add_tinyllama_metadata(writer: gguf.GGUFWriter, hp: dict) -> None:
     writer.add_rope_freq_base(hp["rope_theta"])
     writer.add_layer_norm_rms_eps(hp["rms_eps"])
     writer.add_vocab_size(hp["n_vocab"])
+    if "n_expert" in hp:  # olmoe: the experts' F is feed_forward_length, as llama.cpp's converter writes it
+        writer.add_expert_count(hp["n_expert"])
+        writer.add_expert_used_count(hp["n_expert_used"])
+        writer.add_expert_feed_forward_length(hp["n_ff"])
     tokens, scores, types = spm_vocab(hp["n_vocab"])
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
@@ -115,41 +131,56 @@ def add_tinyllama_metadata(writer: gguf.GGUFWriter, hp: dict) -> None:
     writer.add_add_bos_token(True)
 
 
-def tinyllama_shapes(hp: dict) -> Iterator[tuple[str, tuple[int, ...]]]:
-    """(name, NumPy shape) of every tensor; matrices are (out_features, in_features)."""
-    d, ff, kv = hp["n_embd"], hp["n_ff"], hp["n_head_kv"] * hp["n_embd"] // hp["n_head"]
+def random_shapes(hp: dict) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """(name, NumPy shape) of every tensor; matrices are (out_features, in_features). With hp["n_expert"],
+    llama.cpp's olmoe: q/k norms over all heads, a router and experts stacked (E, F, D) (E, F, D) (E, D, F)."""
+    d, ff, e = hp["n_embd"], hp["n_ff"], hp.get("n_expert")
+    kv = hp["n_head_kv"] * d // hp["n_head"]
     yield "token_embd.weight", (hp["n_vocab"], d)
     for i in range(hp["n_layer"]):
         yield f"blk.{i}.attn_norm.weight", (d,)
         yield f"blk.{i}.attn_q.weight", (d, d)
         yield f"blk.{i}.attn_k.weight", (kv, d)
         yield f"blk.{i}.attn_v.weight", (kv, d)
+        if e:
+            yield f"blk.{i}.attn_q_norm.weight", (d,)
+            yield f"blk.{i}.attn_k_norm.weight", (kv,)
         yield f"blk.{i}.attn_output.weight", (d, d)
         yield f"blk.{i}.ffn_norm.weight", (d,)
-        yield f"blk.{i}.ffn_gate.weight", (ff, d)
-        yield f"blk.{i}.ffn_up.weight", (ff, d)
-        yield f"blk.{i}.ffn_down.weight", (d, ff)
+        if e:
+            yield f"blk.{i}.ffn_gate_inp.weight", (e, d)
+            yield f"blk.{i}.ffn_gate_exps.weight", (e, ff, d)
+            yield f"blk.{i}.ffn_up_exps.weight", (e, ff, d)
+            yield f"blk.{i}.ffn_down_exps.weight", (e, d, ff)
+        else:
+            yield f"blk.{i}.ffn_gate.weight", (ff, d)
+            yield f"blk.{i}.ffn_up.weight", (ff, d)
+            yield f"blk.{i}.ffn_down.weight", (d, ff)
     yield "output_norm.weight", (d,)
     yield "output.weight", (hp["n_vocab"], d)
 
 
-def write_tinyllama_f16(dst: pathlib.Path, hp: dict) -> None:
-    """Streams one tensor at a time to disk, so memory stays near the largest tensor (~0.4 GB)."""
-    writer = gguf.GGUFWriter(dst, "llama")
-    add_tinyllama_metadata(writer, hp)
-    shapes = list(tinyllama_shapes(hp))
-    for name, shape in shapes:
-        dtype = np.dtype(np.float32 if len(shape) == 1 else np.float16)
+def write_random_f16(dst: pathlib.Path, hp: dict) -> None:
+    """Streams one tensor at a time to disk, so memory stays near the largest tensor (0.5 GB as f32).
+    Norms are ones (F32), routers F32 (llama.cpp's converter keeps ffn_gate_inp F32), the rest F16,
+    random normal with std 0.02 unless hp["std"] names the tensor kind ("token_embd", "attn_output")."""
+    writer = gguf.GGUFWriter(dst, hp["arch"])
+    add_random_metadata(writer, hp)
+    shapes = list(random_shapes(hp))
+    f32 = [len(shape) == 1 or ".ffn_gate_inp." in name for name, shape in shapes]
+    for (name, shape), keep in zip(shapes, f32):
+        dtype = np.dtype(np.float32 if keep else np.float16)
         writer.add_tensor_info(name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     rng = np.random.default_rng(SEED)
-    for _, shape in shapes:
+    for (name, shape), keep in zip(shapes, f32):
         if len(shape) == 1:
             writer.write_tensor_data(np.ones(shape, np.float32))
         else:
-            writer.write_tensor_data((rng.standard_normal(shape, np.float32) * 0.02).astype(np.float16))
+            w = rng.standard_normal(shape, np.float32) * np.float32(hp.get("std", {}).get(name.split(".")[-2], 0.02))
+            writer.write_tensor_data(w if keep else w.astype(np.float16))
     writer.close()
 
 
@@ -182,8 +213,29 @@ def check_chat(path: pathlib.Path) -> None:
         raise RuntimeError(f"{path.name} does not answer sensibly: {text!r}")
 
 
-def make_quants(f16: pathlib.Path, stem: str, out: pathlib.Path) -> None:
-    for suffix, ftype in QUANTS.items():
+def check_routing(path: pathlib.Path, n_tokens: int = 512) -> None:
+    """lmblocks runs the MoE file on a random prompt; prints how many of the slots each expert got, over
+    all layers (even spread: n_tokens * k / E each), and fails if a few experts take everything."""
+    import lmblocks as lb
+
+    model = lb.load(path, n_ctx=n_tokens, verbose=False)
+    hooks = lb.nn.Hooks()
+    hooks.capture("layers.*.moe.experts")
+    ids = np.random.default_rng(SEED).integers(3, model.args.vocab_size, n_tokens).astype(np.int32)
+    model.lm.forward(model.new_cache(1, n_tokens), ids, hooks=hooks)
+    chosen = [np.asarray(v) for _, v, _, _ in hooks.records()]
+    counts = np.stack([np.bincount(c.ravel(), minlength=model.args.num_experts) for c in chosen])
+    per_layer = counts.max(1) / (counts.sum(1) / counts.shape[1])
+    say(f"  routing over {n_tokens} tokens: slots per expert (all layers) min {counts.sum(0).min()} "
+        f"median {int(np.median(counts.sum(0)))} max {counts.sum(0).max()}; busiest expert per layer "
+        f"{per_layer.min():.1f}-{per_layer.max():.1f}x the mean; experts unused in some layer: "
+        f"{int((counts == 0).sum())} of {counts.size}")
+    if (counts == 0).mean() > 0.05 or per_layer.max() > 3:
+        raise RuntimeError(f"{path.name}: the router's choices are degenerate")
+
+
+def make_quants(f16: pathlib.Path, stem: str, out: pathlib.Path, quants: dict[str, int] = QUANTS) -> None:
+    for suffix, ftype in quants.items():
         dst = out / f"{stem}-{suffix}.gguf"
         if dst.exists():
             say(f"  skip {dst.name} (exists)")
@@ -218,9 +270,25 @@ def make_tinyllama(out: pathlib.Path, keep_f16: bool) -> None:
         return
     if not f16.exists():
         say(f"  writing {f16.name} (random normal, std 0.02, seed {SEED})")
-        write_tinyllama_f16(f16, TINYLLAMA)
+        write_random_f16(f16, TINYLLAMA)
         check_decodes(f16)
     make_quants(f16, "tinyllama-shape", out)
+    if not keep_f16:
+        f16.unlink()
+        say(f"  removed {f16.name} (pass --keep-f16 to keep it)")
+
+
+def make_olmoe(out: pathlib.Path, keep_f16: bool) -> None:
+    f16, q4 = out / "olmoe-shape-f16.gguf", out / "olmoe-shape-q4_0.gguf"
+    say("OLMoE-1B-7B shape, random weights")
+    if q4.exists() and not keep_f16:
+        say(f"  skip {q4.name} (exists)")
+        return
+    if not f16.exists():
+        say(f"  writing {f16.name} (random normal, std 0.02 but as OLMOE['std'] says, seed {SEED})")
+        write_random_f16(f16, OLMOE)
+    make_quants(f16, "olmoe-shape", out, {"q4_0": QUANTS["q4_0"]})
+    check_routing(q4)
     if not keep_f16:
         f16.unlink()
         say(f"  removed {f16.name} (pass --keep-f16 to keep it)")
@@ -229,14 +297,17 @@ def make_tinyllama(out: pathlib.Path, keep_f16: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
-    ap.add_argument("--only", choices=["smollm2", "tinyllama"])
-    ap.add_argument("--keep-f16", action="store_true", help="keep tinyllama-shape-f16.gguf (2.1 GiB)")
+    ap.add_argument("--only", choices=["smollm2", "tinyllama", "olmoe"])
+    ap.add_argument("--keep-f16", action="store_true",
+                    help="keep tinyllama-shape-f16.gguf (2.1 GiB) and olmoe-shape-f16.gguf (13 GiB)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "smollm2"):
         make_smollm2(args.out)
     if args.only in (None, "tinyllama"):
         make_tinyllama(args.out, args.keep_f16)
+    if args.only in (None, "olmoe"):
+        make_olmoe(args.out, args.keep_f16)
     for path in sorted(args.out.glob("*.gguf")):
         say(f"{path.stat().st_size / 2**20:9.1f} MiB  {path}")
 

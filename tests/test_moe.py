@@ -229,21 +229,23 @@ def test_bad_arguments_raise_clear_errors(rng, case):
 # ---- quantized experts inside a model: the repacked kernels -----------------------------------------
 
 
-def _tiny_lm(rng, expert_dtype, D, F, E=5, k=2, L=2, V=97):
+def _tiny_lm(rng, expert_dtype, D, F, E=5, k=2, L=2, V=97, plain=False):
     """Two CausalLMs of L layers (attention + MoE) with the same f32 weights except the experts: stored as
-    `expert_dtype` in the first, dequantized to f32 in the twin. Returns (lm, twin), the first's MoE blocks."""
+    `expert_dtype` in the first, dequantized to f32 in the twin (`plain`: experts without gate_proj).
+    Returns (lm, twin), the first's MoE blocks."""
     f = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
     store = (lambda a: lb.quantize(a, expert_dtype)) if expert_dtype.startswith("q") else \
         (lambda a: lb.asarray(a).astype(expert_dtype))
     H = 4
     shared = [dict(attn=[f(D, D) for _ in range(4)], router=f(E, D), norms=(1 + f(D), 1 + f(D)),
-                   experts=[store(f(*s)) for s in ((E, F, D), (E, F, D), (E, D, F))]) for _ in range(L)]
+                   experts=[None if plain and i == 0 else store(f(*s))
+                            for i, s in enumerate(((E, F, D), (E, F, D), (E, D, F)))]) for _ in range(L)]
     embed, head, final = f(V, D), f(V, D), 1 + f(D)
     lms, moes = [], []
     for twin in (False, True):
         layers = []
         for p in shared:
-            experts = [lb.asarray(dequantize(t)) if twin else t for t in p["experts"]]
+            experts = [lb.asarray(dequantize(t)) if twin and t is not None else t for t in p["experts"]]
             moe = nn.MoE(p["router"], *experts, k)
             layers.append(nn.Layer(nn.Attention(H, H, D // H, *p["attn"]), moe, attn_norm=nn.RMSNorm(p["norms"][0]),
                                    mlp_norm=nn.RMSNorm(p["norms"][1])))
@@ -275,6 +277,39 @@ def test_quantized_moe_model_equals_its_dequantized_twin(rng, dtype, D, F):
         assert rel_err(_logits(lm, ids), want) <= 1e-5, dtype
     finally:
         lb.set_activation_quantization(True)
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_packed_experts_equal_each_token_through_ops_linear(rng, plain):
+    """A model's MoE block on repacked q4_0 experts (tokens grouped per expert, experts side by side on the
+    pool, gated or plain) against the plain composition: per token and chosen expert, lb.ops.linear on that
+    expert's matrix, which reads the same packed weights. N = 1 (decode), 2 and 3 (the row kernels, some
+    experts taking every token, some not) and T (the token-tile kernel)."""
+    if not lb._core.quant.packable("q4_0"):
+        pytest.skip("no packed kernels on this CPU")
+    E, k, D, F = 6, 3, 64, 96
+    (lm, _), moes = _tiny_lm(rng, "q4_0", D, F, E=E, k=k, plain=plain)  # lm holds the packed weights
+    moe = moes[0]
+    assert moe.packed == (2 if plain else 3) * E
+    w = moe.weights()
+    router = np.asarray(w["router"], np.float64)
+    for N in (1, 2, 3, T):
+        x = rng.standard_normal((N, D)).astype(np.float32)
+        logits = x.astype(np.float64) @ router.T
+        order = np.argsort(-logits, axis=1, kind="stable")
+        ranked = np.take_along_axis(logits, order, 1)
+        assert np.all(ranked[:, k - 1] - ranked[:, k] > 1e-4)  # no near-ties: the choice is clear
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p = np.take_along_axis(p, order[:, :k], 1)
+        p /= p.sum(1, keepdims=True)
+        want = np.zeros((N, D))
+        for t in range(N):
+            xt = x[t:t + 1]
+            for j, e in enumerate(order[t, :k]):
+                u = lb.ops.linear(xt, w["up_proj"][int(e)])
+                h = lb.ops.silu(u) if plain else lb.ops.swiglu(lb.ops.linear(xt, w["gate_proj"][int(e)]), u)
+                want[t] += p[t, j] * lb.ops.linear(h, w["down_proj"][int(e)])[0]
+        assert rel_err(moe(x), want) <= 1e-5, N
 
 
 # ---- architectures against transformers --------------------------------------------------------------
@@ -421,8 +456,8 @@ def _meta_order(w, n_heads):
 
 
 def write_moe_gguf(ref, path, arch, expert_dtype=None):
-    """transformers' model as llama.cpp's `arch` GGUF (gguf-py's tensor names and keys: "qwen2moe", or "llama"
-    for Mixtral), float32 except the stacked experts when `expert_dtype` (a ggml block type) is given."""
+    """transformers' model as llama.cpp's `arch` GGUF (gguf-py's tensor names and keys: "qwen2moe", "olmoe",
+    or "llama" for Mixtral), float32 except the stacked experts when `expert_dtype` (a ggml block type) is given."""
     store = (lambda a: lb.quantize(np.ascontiguousarray(a), expert_dtype)) if expert_dtype else np.ascontiguousarray
     c = ref.config
     F = getattr(c, "moe_intermediate_size", c.intermediate_size)
@@ -452,6 +487,8 @@ def write_moe_gguf(ref, path, arch, expert_dtype=None):
                 if t is not None:
                     permute = arch == "llama" and x in heads
                     tensors.append((b + f"attn_{x}.{kind}", _meta_order(t, heads[x]) if permute else t))
+            if x in heads and p + f"self_attn.{x}_norm.weight" in sd:  # OLMoE's q/k norms over all heads
+                tensors.append((b + f"attn_{x}_norm.weight", sd[p + f"self_attn.{x}_norm.weight"]))
         tensors += [(b + "attn_output.weight", sd[p + "self_attn.o_proj.weight"]),
                     (b + "ffn_gate_inp.weight", sd[p + "mlp.gate.weight"]),
                     (b + "ffn_gate_exps.weight", store(gate_up[:, :F])),
@@ -464,21 +501,19 @@ def write_moe_gguf(ref, path, arch, expert_dtype=None):
     write_gguf(path, md, tensors)
 
 
+def _tiny_gguf(tmp_path_factory, config, arch):
+    """(transformers model, GGUF path) of hf_moe's `config` written as llama.cpp's `arch`."""
+    folder = tmp_path_factory.mktemp(config)
+    ref = hf_moe.build(config, folder / "hf")
+    write_moe_gguf(ref, folder / f"tiny-{arch}.gguf", arch)
+    return ref, folder / f"tiny-{arch}.gguf"
+
+
 @pytest.fixture(scope="module")
 def qwen2moe_gguf(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("qwen2moe_gguf")
-    ref = hf_moe.build("qwen2_moe_gguf", folder / "hf")
-    path = folder / "tiny-qwen2moe.gguf"
-    write_moe_gguf(ref, path, "qwen2moe")
-    return ref, path
+    return _tiny_gguf(tmp_path_factory, "qwen2_moe_gguf", "qwen2moe")
 
 
-def test_gguf_logits_equal_transformers(qwen2moe_gguf):
-    ref, path = qwen2moe_gguf
-    model = lb.load(path, verbose=False)
-    assert model.lm.body[0].mlp.kind == "MoE" and model.lm.body[0].mlp.shared is not None
-    ids = np.random.default_rng(7).integers(0, 300, T).tolist()
-    assert rel_err(model.logits(ids), hf_moe.hf_logits(ref, ids)) <= 1e-4
 
 
 def test_mixtral_gguf_is_a_llama_file_with_experts(tmp_path):
@@ -506,13 +541,36 @@ def test_quantized_gguf_experts_are_read_as_stored(qwen2moe_gguf, tmp_path):
     assert rel_err(model.logits(ids), hf_moe.hf_logits(ref, ids)) <= 1e-2
 
 
-def test_llama_cpp_runs_the_gguf_with_our_greedy_tokens(qwen2moe_gguf):
+# OLMoE as llama.cpp's "olmoe" graph takes it: q_norm and k_norm are both (D,), so Hkv = H and H * hd = D.
+hf_moe.CONFIGS["olmoe_gguf"] = dict(hf_moe.CONFIGS["olmoe"], hidden_size=64, num_attention_heads=4,
+                                    num_key_value_heads=4, num_experts=6, num_experts_per_tok=2)
+
+
+@pytest.fixture(scope="module")
+def olmoe_gguf(tmp_path_factory):
+    return _tiny_gguf(tmp_path_factory, "olmoe_gguf", "olmoe")
+
+
+@pytest.mark.parametrize("gguf,model_type", [("qwen2moe_gguf", "qwen2_moe"), ("olmoe_gguf", "olmoe")])
+def test_gguf_logits_equal_transformers(gguf, model_type, request):
+    """Qwen2-MoE with its shared expert; OLMoE with q/k norms over all heads. Both keep the raw top-k weights."""
+    ref, path = request.getfixturevalue(gguf)
+    model = lb.load(path, verbose=False)
+    moe = model.lm.body[0].mlp
+    assert model.args.model_type == model_type and moe.kind == "MoE" and not moe.norm_topk
+    assert (moe.shared is not None) == (model_type == "qwen2_moe")
+    ids = np.random.default_rng(7).integers(0, 300, T).tolist()
+    assert rel_err(model.logits(ids), hf_moe.hf_logits(ref, ids)) <= 1e-4
+
+
+@pytest.mark.parametrize("gguf", ["qwen2moe_gguf", "olmoe_gguf"])
+def test_llama_cpp_runs_the_gguf_with_our_greedy_tokens(gguf, request):
     """llama.cpp loads the file we wrote; its greedy continuation equals ours, and its logits along the way
     equal ours (teacher-forced on its tokens) within 1e-3 of their range."""
     pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding (make llamacpp) is not installed")
     from test_convert import llama_cpp_greedy
 
-    _, path = qwen2moe_gguf
+    _, path = request.getfixturevalue(gguf)
     model = lb.load(path, verbose=False)
     prompts = [np.random.default_rng(s).integers(3, 300, n).tolist() for s, n in ((1, 9), (2, 23))]
     for ids, (toks, theirs) in zip(prompts, llama_cpp_greedy(path, prompts, 16)):

@@ -56,6 +56,13 @@ class MoE : public Block {
   Tensor router_bias, selection_bias;     // optional (E,) each
   std::shared_ptr<MLP> shared;            // optional dense expert every token goes through
   Tensor shared_gate;                     // optional (1, D) or (D,)
+
+ private:
+  // The chosen experts through their repacked weights (CausalLM packs them at load), all experts' products
+  // of a projection in one pass over the pool; false, doing nothing, unless every matrix is packed.
+  // first: (E + 1) each expert's first slot in `slots` (slot t * k + j, grouped by expert); y: (N*k, D).
+  bool packed_experts(const Tensor& x, const std::vector<int64_t>& first, const std::vector<int64_t>& slots,
+                      const std::vector<int64_t>& active, Tensor& y) const;
 };
 
 }  // namespace lb::blocks

@@ -65,6 +65,19 @@ std::shared_ptr<const PackedWeight> find_packed(const Tensor& w);
 void packed_row_to_float(const PackedWeight& w, int64_t r, float* y);
 // y (M, N) row-major = a @ W^T through the packed form.
 void qlinear_packed(const QuantizedRows& a, const PackedWeight& w, float* y);
+// qlinear_packed in two steps, for callers that run several products on one set of activations or
+// split the work over the pool themselves (the MoE block): activation rows made once into what the
+// packed kernels read (M < 4: each row as int8 halves, d and s copied; M >= 4: tiles of tokens), then
+// any range of a weight's 16-row groups. q, d, s: row m at m * K, m * K / 32, m * K / 16 (QuantizedRows).
+struct PackedActivations {
+  int64_t M = 0, K = 0;
+  Buffer<int32_t> q;
+  Buffer<float> d, s;
+};
+PackedActivations pack_activations(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K);
+// Columns [16 g0, min(16 g1, N)) of y (M, N), rows ldy apart, = a @ W^T, on the calling thread.
+void qlinear_packed_groups(const PackedActivations& a, const PackedWeight& w, int64_t g0, int64_t g1, float* y,
+                           int64_t ldy);
 
 // y (M, N) = x @ W^T for W (N, K) of f16 or bf16 with rows `row_bytes` apart, x rows `ldx` apart:
 // each weight row widened in registers (the decode path for f16/bf16 checkpoints).

@@ -5,11 +5,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "blocks/common.h"
 #include "lmblocks/blocks.h"
 #include "lmblocks/error.h"
+#include "lmblocks/quant.h"
 #include "lmblocks/runtime.h"
 
 namespace lb::blocks {
@@ -60,6 +62,50 @@ void route(const MoEConfig& c, const float* l, const float* sel, int64_t E, floa
   }
   const float f = c.routed_scale / (c.norm_topk ? total : 1.f);
   for (int64_t j = 0; j < c.top_k; ++j) w[j] *= f;
+}
+
+// One product of the packed path: y (a.M, w.N), rows ldy apart, = a @ W^T.
+struct Product {
+  const ops::PackedActivations* a;
+  const ops::PackedWeight* w;
+  float* y;
+  int64_t ldy;
+};
+
+// Every product's 16-row groups in one pass over the pool, each thread one contiguous run of about equal
+// cost, so the k experts of a decode step stream side by side and no product waits on another's join. A
+// prefill group costs its tokens rounded up to the kernel's tiles of 12, plus 16 for decoding its weights
+// into a panel (perf on the OLMoE-shaped bench file: 11% of the time beside 47% for ~70 tokens' tiles);
+// a decode group is one read of its weights.
+void run_products(const std::vector<Product>& ps) {
+  std::vector<int64_t> start(ps.size() + 1, 0), cost(ps.size()), groups(ps.size());  // start: cost before p
+  for (size_t p = 0; p < ps.size(); ++p) {
+    const int64_t M = ps[p].a->M;
+    groups[p] = (ps[p].w->N + 15) / 16;
+    cost[p] = M < 4 ? 1 : (M + 11) / 12 * 12 + 16;
+    start[p + 1] = start[p] + groups[p] * cost[p];
+  }
+  const int64_t total = start.back(), T = std::min<int64_t>(num_threads(), std::max<int64_t>(total, 1));
+  parallel_for(T, 1, [&](int64_t t0, int64_t t1) {
+    const int64_t lo = total * t0 / T, hi = total * t1 / T;  // the groups that start in [lo, hi)
+    for (size_t p = 0; p < ps.size(); ++p) {
+      const auto first_at = [&](int64_t c) {
+        return std::clamp<int64_t>((c - start[p] + cost[p] - 1) / cost[p], 0, groups[p]);
+      };
+      const int64_t g0 = first_at(lo), g1 = first_at(hi);
+      if (g0 < g1) ops::qlinear_packed_groups(*ps[p].a, *ps[p].w, g0, g1, ps[p].y, ps[p].ldy);
+    }
+  });
+}
+
+// q, d, s of activation row r of QuantizedRows a (K per row).
+struct RowRef {
+  const int16_t* q;
+  const float* d;
+  const float* s;
+};
+RowRef row_of(const ops::QuantizedRows& a, int64_t r) {
+  return {a.q.data() + r * a.K, a.d.data() + r * a.K / 32, a.s.data() + r * a.K / 16};
 }
 
 }  // namespace
@@ -140,31 +186,32 @@ Tensor MoE::forward(Context& ctx, const Tensor& x_in) {
   for (int64_t e = 0; e < E; ++e)
     if (first[size_t(e + 1)] > first[size_t(e)]) active.push_back(e);
 
-  // Each chosen expert on its tokens; outputs land in per-slot rows, so experts run side by side (each
-  // product is itself split over the pool) and the sum below has one order whatever the batch.
-  Tensor y = Tensor::empty({N * k, D});  // (N*k, D) expert output of each slot
-  parallel_for(int64_t(active.size()), 1, [&](int64_t a, int64_t b) {
-    for (int64_t i = a; i < b; ++i) {
-      const int64_t e = active[size_t(i)], s0 = first[size_t(e)], n = first[size_t(e + 1)] - s0;
-      Tensor xe = x;  // (n, D) the tokens routed to e: all of x when every token is (decode)
-      if (n != N) {
-        xe = Tensor::empty({n, D});
-        for (int64_t r = 0; r < n; ++r)
-          std::memcpy(xe.data<float>() + r * D, x.data<float>() + slots[size_t(s0 + r)] / k * D, size_t(D) * 4);
+  // Each chosen expert on its tokens; outputs land in y's rows grouped by expert (row p is slot slots[p]),
+  // so the sum below has one order whatever the batch.
+  Tensor y = Tensor::empty({N * k, D});  // (N*k, D) expert output of each slot, grouped by expert
+  if (!packed_experts(x, first, slots, active, y))
+    parallel_for(int64_t(active.size()), 1, [&](int64_t a, int64_t b) {  // experts side by side, each product
+      for (int64_t i = a; i < b; ++i) {                                    // itself split over the pool
+        const int64_t e = active[size_t(i)], s0 = first[size_t(e)], n = first[size_t(e + 1)] - s0;
+        Tensor xe = x;  // (n, D) the tokens routed to e: all of x when every token is (decode)
+        if (n != N) {
+          xe = Tensor::empty({n, D});
+          for (int64_t r = 0; r < n; ++r)
+            std::memcpy(xe.data<float>() + r * D, x.data<float>() + slots[size_t(s0 + r)] / k * D, size_t(D) * 4);
+        }
+        Tensor h = ops::linear(xe, up_proj.select(0, e));  // (n, F)
+        if (gated()) {
+          Tensor g = ops::linear(xe, gate_proj.select(0, e));
+          activate_gated(g, h, cfg.act);
+          h = g;
+        } else {
+          activate(h, cfg.act);
+        }
+        ops::linear(h, down_proj.select(0, e), {}, y.slice(0, s0, s0 + n));
       }
-      Tensor h = ops::linear(xe, up_proj.select(0, e));  // (n, F)
-      if (gated()) {
-        Tensor g = ops::linear(xe, gate_proj.select(0, e));
-        activate_gated(g, h, cfg.act);
-        h = g;
-      } else {
-        activate(h, cfg.act);
-      }
-      const Tensor ye = ops::linear(h, down_proj.select(0, e));  // (n, D)
-      for (int64_t r = 0; r < n; ++r)
-        std::memcpy(y.data<float>() + slots[size_t(s0 + r)] * D, ye.data<float>() + r * D, size_t(D) * 4);
-    }
-  });
+    });
+  std::vector<int64_t> row(size_t(N * k));  // row of y holding slot i
+  for (int64_t p = 0; p < N * k; ++p) row[size_t(slots[size_t(p)])] = p;
 
   Tensor sh, sg;  // (N, D) shared expert, (N, 1) its gate logit
   if (shared) sh = shared->run(ctx, x);
@@ -185,12 +232,91 @@ Tensor MoE::forward(Context& ctx, const Tensor& x_in) {
       }
       for (int64_t j = 0; j < k; ++j) {
         const float w = wp[t * k + j];
-        const float* r = yp + (t * k + j) * D;
+        const float* r = yp + row[size_t(t * k + j)] * D;
         for (int64_t c = 0; c < D; ++c) o[c] += w * r[c];
       }
     }
   });
   return out;
+}
+
+bool MoE::packed_experts(const Tensor& x, const std::vector<int64_t>& first, const std::vector<int64_t>& slots,
+                         const std::vector<int64_t>& active, Tensor& y) const {
+  if (!activation_quantization() || !ops::packable(up_proj.dtype()) || !ops::packable(down_proj.dtype()) ||
+      (gated() && !ops::packable(gate_proj.dtype())))
+    return false;
+  const int64_t N = x.dim(0), D = in_dim(), F = expert_dim(), k = cfg.top_k, A = int64_t(active.size());
+  struct Expert {
+    std::shared_ptr<const ops::PackedWeight> gate, up, down;
+    int64_t s0, n;  // its rows of y: [s0, s0 + n)
+    const ops::PackedActivations* x;
+    ops::PackedActivations own_x, h;
+  };
+  std::vector<Expert> ex(static_cast<size_t>(A));
+  for (int64_t i = 0; i < A; ++i) {
+    const int64_t e = active[size_t(i)];
+    Expert& E = ex[size_t(i)];
+    E.up = ops::find_packed(up_proj.select(0, e));
+    E.down = ops::find_packed(down_proj.select(0, e));
+    if (gated()) E.gate = ops::find_packed(gate_proj.select(0, e));
+    if (!E.up || !E.down || (gated() && !E.gate)) return false;
+    E.s0 = first[size_t(e)];
+    E.n = first[size_t(e + 1)] - E.s0;
+  }
+
+  // x quantized once for every expert and projection; the experts every token chose (all k of them in
+  // decode) share one set of packed activations, the others gather their tokens' rows.
+  const ops::QuantizedRows xq = ops::quantize_rows(x.data<float>(), N, D, D);
+  ops::PackedActivations all;
+  if (std::any_of(ex.begin(), ex.end(), [&](const Expert& E) { return E.n == N; })) {
+    const RowRef x0 = row_of(xq, 0);
+    all = ops::pack_activations(x0.q, x0.d, x0.s, N, D);
+  }
+  parallel_for(A, 1, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) {
+      Expert& E = ex[size_t(i)];
+      E.x = &all;
+      if (E.n == N) continue;
+      Buffer<int16_t> q(size_t(E.n * D));
+      Buffer<float> d(size_t(E.n * D / 32)), s(size_t(E.n * D / 16));
+      for (int64_t r = 0; r < E.n; ++r) {
+        const RowRef src = row_of(xq, slots[size_t(E.s0 + r)] / k);
+        std::memcpy(q.data() + r * D, src.q, size_t(D) * 2);
+        std::memcpy(d.data() + r * D / 32, src.d, size_t(D / 32) * 4);
+        std::memcpy(s.data() + r * D / 16, src.s, size_t(D / 16) * 4);
+      }
+      E.own_x = ops::pack_activations(q.data(), d.data(), s.data(), E.n, D);
+      E.x = &E.own_x;
+    }
+  });
+
+  // gate and up of every expert in one pass, the activation, h quantized (its rows are already grouped by
+  // expert), then down in a second pass straight into y.
+  Tensor g = gated() ? Tensor::empty({N * k, F}) : Tensor(), u = Tensor::empty({N * k, F});  // (N*k, F) each
+  std::vector<Product> ps;
+  for (Expert& E : ex) {
+    if (gated()) ps.push_back({E.x, E.gate.get(), g.data<float>() + E.s0 * F, F});
+    ps.push_back({E.x, E.up.get(), u.data<float>() + E.s0 * F, F});
+  }
+  run_products(ps);
+  if (gated()) {
+    activate_gated(g, u, cfg.act);
+    u = g;
+  } else {
+    activate(u, cfg.act);
+  }
+  const ops::QuantizedRows hq = ops::quantize_rows(u.data<float>(), N * k, F, F);
+  parallel_for(A, 1, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) {
+      Expert& E = ex[size_t(i)];
+      const RowRef h0 = row_of(hq, E.s0);
+      E.h = ops::pack_activations(h0.q, h0.d, h0.s, E.n, F);
+    }
+  });
+  ps.clear();
+  for (Expert& E : ex) ps.push_back({&E.h, E.down.get(), y.data<float>() + E.s0 * D, D});
+  run_products(ps);
+  return true;
 }
 
 std::vector<std::pair<std::string, BlockPtr>> MoE::named_children() const {

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "lmblocks/error.h"
+#include "lmblocks/quant.h"
 
 #include "ops/kernel.h"
 #include "quant/blocks.h"
@@ -90,11 +91,7 @@ void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int
 // Activation rows (q, d, s of row m at m * K, m * K / 32, m * K / 16) regrouped in tiles of kTokens for
 // qgemm_rows; made once per product and shared by every panel.
 constexpr int kTokens = 12;  // 12 int32 + 12 float accumulators fit the 32 zmm registers
-struct PackedTokens {
-  int64_t M, K;
-  Buffer<int32_t> q;
-  Buffer<float> d, s;
-};
+using PackedTokens = ops::PackedActivations;  // the M >= 4 form
 PackedTokens pack_tokens(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K);
 // y[m * ldy + r] for the M packed activation rows and n <= 16 weight rows: the rows are decoded once into a
 // panel (rows as lanes), then multiplied 16 rows x 12 tokens at a time.
@@ -1382,32 +1379,45 @@ void packed_row_to_float(const PackedWeight& w, int64_t r, float* y) {
   }
 }
 
-void qlinear_packed(const QuantizedRows& a, const PackedWeight& w, float* y) {
+PackedActivations pack_activations(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K) {
 #ifdef LB_HAVE_avx512
-  const int64_t K = a.K, N = w.N, groups = (N + kernels::kGroup - 1) / kernels::kGroup;
+  if (M >= 4) return kernels::avx512::pack_tokens(q, d, s, M, K);
+  PackedActivations a{M, K, Buffer<int32_t>(size_t(M * K / 2)), Buffer<float>(d, d + M * K / 32),
+                      Buffer<float>(s, s + M * K / 16)};
+  for (int64_t m = 0; m < M; ++m) kernels::avx512::split_act(q + m * K, K, a.q.data() + m * K / 2);
+  return a;
+#else
+  (void)q, (void)d, (void)s, (void)M, (void)K;
+  throw TypeError("pack_activations: this build has no avx512 kernels");
+#endif
+}
+
+void qlinear_packed_groups(const PackedActivations& a, const PackedWeight& w, int64_t g0, int64_t g1, float* y,
+                           int64_t ldy) {
+#ifdef LB_HAVE_avx512
+  const int64_t K = a.K, N = w.N;
   if (K != w.K) throw ValueError("qlinear_packed: activations have K = " + std::to_string(K) + ", weights " +
                                  std::to_string(w.K));
   if (a.M < 4) {
-    Buffer<int32_t> hl(size_t(a.M * K / 2));
-    for (int64_t m = 0; m < a.M; ++m) kernels::avx512::split_act(a.q.data() + m * K, K, hl.data() + m * K / 2);
-    // One contiguous run of groups per thread (the pool's partitioner is static).
-    parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
-      kernels::avx512::packed_rows(w.type, w.data.data(), w.group_bytes, g0, g1, N, K, hl.data(), a.d.data(),
-                                   a.s.data(), a.M, y, N);
-    });
+    kernels::avx512::packed_rows(w.type, w.data.data(), w.group_bytes, g0, g1, N, K, a.q.data(), a.d.data(),
+                                 a.s.data(), a.M, y, ldy);
     return;
   }
-  const auto packed = kernels::avx512::pack_tokens(a.q.data(), a.d.data(), a.s.data(), a.M, K);
-  parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g)
-      kernels::avx512::packed_gemm(w.type, w.data.data() + g * w.group_bytes,
-                                   std::min<int64_t>(kernels::kGroup, N - g * kernels::kGroup), packed,
-                                   y + g * kernels::kGroup, N);
-  });
+  for (int64_t g = g0; g < g1; ++g)
+    kernels::avx512::packed_gemm(w.type, w.data.data() + g * w.group_bytes,
+                                 std::min<int64_t>(kernels::kGroup, N - g * kernels::kGroup), a,
+                                 y + g * kernels::kGroup, ldy);
 #else
-  (void)a, (void)w, (void)y;
+  (void)a, (void)w, (void)g0, (void)g1, (void)y, (void)ldy;
   throw TypeError("qlinear_packed: this build has no avx512 kernels");
 #endif
+}
+
+void qlinear_packed(const QuantizedRows& a, const PackedWeight& w, float* y) {
+  const PackedActivations p = pack_activations(a.q.data(), a.d.data(), a.s.data(), a.M, a.K);
+  // One contiguous run of groups per thread (the pool's partitioner is static).
+  parallel_for((w.N + kernels::kGroup - 1) / kernels::kGroup, 1,
+               [&](int64_t g0, int64_t g1) { qlinear_packed_groups(p, w, g0, g1, y, w.N); });
 }
 
 }  // namespace lb::ops
