@@ -472,25 +472,30 @@ def write_moe_gguf(ref, path, arch, expert_dtype=None):
           *[(f"{arch}.{k}", "uint32", v) for k, v in u32],
           (f"{arch}.rope.freq_base", "float32", c.rope_parameters["rope_theta"]),
           (f"{arch}.attention.layer_norm_rms_epsilon", "float32", c.rms_norm_eps), *_spm_vocab(c.vocab_size)]
+    if arch == "granitemoe":  # llama.cpp's names for Granite's multipliers
+        md += [(f"{arch}.{k}", "float32", float(getattr(c, a))) for k, a in (
+            ("embedding_scale", "embedding_multiplier"), ("residual_scale", "residual_multiplier"),
+            ("attention.scale", "attention_multiplier"), ("logit_scale", "logits_scaling"))]
     sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
     heads = {"q": c.num_attention_heads, "k": c.num_key_value_heads}
     tensors = [("token_embd.weight", sd["model.embed_tokens.weight"]), ("output_norm.weight", sd["model.norm.weight"]),
                ("output.weight", sd["lm_head.weight"])]
     for i in range(c.num_hidden_layers):
         p, b = f"model.layers.{i}.", f"blk.{i}."
-        gate_up, down = sd[p + "mlp.experts.gate_up_proj"], sd[p + "mlp.experts.down_proj"]
+        m = p + ("block_sparse_moe." if arch == "granitemoe" else "mlp.")
+        gate_up, down = sd[m + "experts.gate_up_proj"], sd[m + "experts.down_proj"]
         tensors += [(b + "attn_norm.weight", sd[p + "input_layernorm.weight"]),
                     (b + "ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])]
         for x in "qkv":
             for kind in ("weight", "bias"):
                 t = sd.get(p + f"self_attn.{x}_proj.{kind}")
                 if t is not None:
-                    permute = arch == "llama" and x in heads
+                    permute = arch in ("llama", "granitemoe") and x in heads  # Meta's rope order
                     tensors.append((b + f"attn_{x}.{kind}", _meta_order(t, heads[x]) if permute else t))
             if x in heads and p + f"self_attn.{x}_norm.weight" in sd:  # OLMoE's q/k norms over all heads
                 tensors.append((b + f"attn_{x}_norm.weight", sd[p + f"self_attn.{x}_norm.weight"]))
         tensors += [(b + "attn_output.weight", sd[p + "self_attn.o_proj.weight"]),
-                    (b + "ffn_gate_inp.weight", sd[p + "mlp.gate.weight"]),
+                    (b + "ffn_gate_inp.weight", sd[m + ("router.weight" if arch == "granitemoe" else "gate.weight")]),
                     (b + "ffn_gate_exps.weight", store(gate_up[:, :F])),
                     (b + "ffn_up_exps.weight", store(gate_up[:, F:])),
                     (b + "ffn_down_exps.weight", store(down))]
@@ -551,19 +556,38 @@ def olmoe_gguf(tmp_path_factory):
     return _tiny_gguf(tmp_path_factory, "olmoe_gguf", "olmoe")
 
 
-@pytest.mark.parametrize("gguf,model_type", [("qwen2moe_gguf", "qwen2_moe"), ("olmoe_gguf", "olmoe")])
+# Qwen3-MoE as llama.cpp's "qwen3moe" graph takes it: every layer sparse, head_dim = D / H (the writer
+# gives no key_length); per-head q/k norms, top-k renormalized.
+hf_moe.CONFIGS["qwen3_moe_gguf"] = dict(hf_moe.CONFIGS["qwen3_moe"], head_dim=12, decoder_sparse_step=1,
+                                        mlp_only_layers=[])
+
+
+@pytest.fixture(scope="module")
+def qwen3moe_gguf(tmp_path_factory):
+    return _tiny_gguf(tmp_path_factory, "qwen3_moe_gguf", "qwen3moe")
+
+
+@pytest.fixture(scope="module")
+def granitemoe_gguf(tmp_path_factory):
+    return _tiny_gguf(tmp_path_factory, "granitemoe", "granitemoe")
+
+
+@pytest.mark.parametrize("gguf,model_type", [("qwen2moe_gguf", "qwen2_moe"), ("olmoe_gguf", "olmoe"),
+                                             ("qwen3moe_gguf", "qwen3_moe"), ("granitemoe_gguf", "granitemoe")])
 def test_gguf_logits_equal_transformers(gguf, model_type, request):
-    """Qwen2-MoE with its shared expert; OLMoE with q/k norms over all heads. Both keep the raw top-k weights."""
+    """Qwen2-MoE with its shared expert; OLMoE with q/k norms over all heads (both keep the raw top-k
+    weights); Qwen3-MoE with per-head q/k norms and Granite with its four multipliers (both renormalize)."""
     ref, path = request.getfixturevalue(gguf)
     model = lb.load(path, verbose=False)
     moe = model.lm.body[0].mlp
-    assert model.args.model_type == model_type and moe.kind == "MoE" and not moe.norm_topk
+    assert model.args.model_type == model_type and moe.kind == "MoE"
+    assert moe.norm_topk == (model_type in ("qwen3_moe", "granitemoe"))
     assert (moe.shared is not None) == (model_type == "qwen2_moe")
     ids = np.random.default_rng(7).integers(0, 300, T).tolist()
     assert rel_err(model.logits(ids), hf_moe.hf_logits(ref, ids)) <= 1e-4
 
 
-@pytest.mark.parametrize("gguf", ["qwen2moe_gguf", "olmoe_gguf"])
+@pytest.mark.parametrize("gguf", ["qwen2moe_gguf", "olmoe_gguf", "qwen3moe_gguf", "granitemoe_gguf"])
 def test_llama_cpp_runs_the_gguf_with_our_greedy_tokens(gguf, request):
     """llama.cpp loads the file we wrote; its greedy continuation equals ours, and its logits along the way
     equal ours (teacher-forced on its tokens) within 1e-3 of their range."""
