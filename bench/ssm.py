@@ -1,0 +1,165 @@
+"""State-space models: lmblocks against transformers' CPU path on the same Mamba2 checkpoint, and the
+memory a pure SSM keeps against a transformer's KV cache.
+
+    python bench/ssm.py [--threads 1 2] [--rounds 3] [--quick]
+
+1. A random-weight Mamba2-130M-shaped checkpoint (D=768, 24 layers, 24 heads of 64, state 128, one
+   group, vocab 50280) made with transformers (`Mamba2ForCausalLM(config)`, `save_pretrained`) and
+   loaded by both engines in this process, float32. Prefill of 512 and 2048 tokens (one call, last
+   logits) and greedy decode of 32 tokens after a 512-token prompt, interleaved rounds, medians.
+   transformers runs its torch path (no mamba_ssm / causal_conv1d kernels on CPU), the one a
+   researcher gets. Issue 6's bars: prefill >= 20x, decode >= 10x.
+2. Memory: the recurrent state of that Mamba2 model per sequence against the KV cache of an
+   equal-width Llama-style transformer (24 layers, 12 heads of 64, f16 cache) at 1k, 8k and 32k tokens,
+   from lmblocks' own summaries.
+
+Writes bench/results/ssm-<UTC>.json and its section of bench/RESULTS.md. (llama.cpp's Mamba2 graph is
+not compared yet.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import report  # noqa: E402
+
+SHAPE = dict(hidden_size=768, num_hidden_layers=24, num_heads=24, head_dim=64, state_size=128, n_groups=1,
+             expand=2, conv_kernel=4, vocab_size=50280, chunk_size=256, tie_word_embeddings=True)
+QUICK = dict(SHAPE, hidden_size=256, num_hidden_layers=4, num_heads=8, vocab_size=8192)
+
+
+def make_checkpoint(shape: dict, folder: pathlib.Path):
+    import torch
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Mamba2ForCausalLM(Mamba2Config(**shape)).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_engines(shape: dict, threads: int, rounds: int, prefills, n_decode: int) -> dict:
+    import torch
+
+    import lmblocks as lb
+
+    lb.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = make_checkpoint(shape, pathlib.Path(tmp))
+        ours = lb.load(tmp, verbose=False)
+    V = shape["vocab_size"]
+    rng = np.random.default_rng(0)
+    out: dict = {}
+    for T in prefills:
+        ids = rng.integers(0, V, T)
+        o, t = [], []
+        for _ in range(rounds):
+            o.append(T / timed(lambda: ours.forward(ours.new_cache(1, T), ids.astype(np.int32))))
+            with torch.no_grad():
+                t.append(T / timed(lambda: ref(torch.tensor([ids]), logits_to_keep=1)))
+        out[f"prefill{T}"] = {"lmblocks": statistics.median(o), "transformers": statistics.median(t)}
+    prompt = rng.integers(0, V, 512)
+
+    def ours_decode():
+        cache = ours.new_cache(1, 512 + n_decode + 1)
+        lg = ours.forward(cache, prompt.astype(np.int32))[0]
+        t0 = time.perf_counter()
+        for _ in range(n_decode):
+            lg = ours.forward(cache, np.asarray([int(lg.argmax())], np.int32))[0]
+        return n_decode / (time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def torch_decode():
+        r = ref(torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
+        cache, tok = r.cache_params, r.logits[0, -1].argmax()
+        t0 = time.perf_counter()
+        for _ in range(n_decode):
+            r = ref(tok.view(1, 1), cache_params=cache, use_cache=True)
+            cache, tok = r.cache_params, r.logits[0, -1].argmax()
+        return n_decode / (time.perf_counter() - t0)
+
+    d_o, d_t = [], []
+    for _ in range(rounds):
+        d_o.append(ours_decode())
+        d_t.append(torch_decode())
+    out["decode"] = {"lmblocks": statistics.median(d_o), "transformers": statistics.median(d_t)}
+    for v in out.values():
+        v["ratio"] = v["lmblocks"] / v["transformers"]
+    return out
+
+
+def memory(shape: dict) -> dict:
+    """Mamba2 state per sequence vs an equal-width transformer's f16 KV cache, from lmblocks' summaries."""
+    from lmblocks import nn
+
+    D, L = shape["hidden_size"], shape["num_hidden_layers"]
+    rng = np.random.default_rng(0)
+    ssm = nn.Model(nn.Embedding(16, D, rng=rng), nn.Stack("M" * L, {"M": lambda i: nn.Layer(nn.Mamba2(
+        D, shape["num_heads"], shape["head_dim"], state_size=shape["state_size"], rng=rng))}), nn.RMSNorm(D),
+        kv_dtype="f16")
+    attn = nn.Model(nn.Embedding(16, D, rng=rng), nn.Stack("A" * L, {"A": lambda i: nn.Layer(nn.Attention(
+        D, D // 64, rng=rng), nn.MLP(D, 4 * D, rng=rng))}), nn.RMSNorm(D), kv_dtype="f16")
+    out = {}
+    for n in (1024, 8192, 32768):
+        s = ssm.summary(context=n, print_table=False)["totals"]
+        a = attn.summary(context=n, print_table=False)["totals"]
+        out[str(n)] = {"ssm_state_bytes": s["state_bytes"] + s["kv_bytes"], "transformer_kv_bytes": a["kv_bytes"]}
+    return out
+
+
+def render(rec: dict) -> str:
+    lines = [f"## State-space models (bench/ssm.py, {rec['utc']})", "",
+             f"{rec['cpu']}; Mamba2 {rec['shape']['hidden_size']}x{rec['shape']['num_hidden_layers']} "
+             f"random weights, float32; median of {rec['rounds']} interleaved rounds; transformers' torch path.", "",
+             "| threads | figure | lmblocks tok/s | transformers tok/s | ratio (bar) |", "|---|---|---|---|---|"]
+    for n, res in rec["threads"].items():
+        for k, v in res.items():
+            bar = "10x" if k == "decode" else "20x"
+            lines.append(f"| {n} | {k} | {v['lmblocks']:.1f} | {v['transformers']:.1f} | {v['ratio']:.1f}x (>= {bar}) |")
+    lines += ["", "| context | Mamba2 state (per sequence) | equal-width transformer KV (f16) |", "|---|---|---|"]
+    for n, m in rec["memory"].items():
+        lines.append(f"| {n} | {m['ssm_state_bytes'] / 2**20:.2f} MiB | {m['transformer_kv_bytes'] / 2**20:.1f} MiB |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="a small model, one round: a smoke run")
+    args = ap.parse_args(argv)
+    import lmblocks as lb
+
+    shape = QUICK if args.quick else SHAPE
+    rounds = 1 if args.quick else args.rounds
+    prefills = (128,) if args.quick else (512, 2048)
+    rec = {"utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+           "cpu": lb.cpu_info().get("model"), "shape": shape, "rounds": rounds, "threads": {}}
+    for n in args.threads:
+        rec["threads"][str(n)] = bench_engines(shape, n, rounds, prefills, 8 if args.quick else 32)
+        print(n, rec["threads"][str(n)], flush=True)
+    rec["memory"] = memory(shape)
+    md = render(rec)
+    print(md)
+    report.write("ssm", rec, md)
+
+
+if __name__ == "__main__":
+    main()
