@@ -42,6 +42,23 @@ def randomize(ref):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
 
+def saved_and_loaded(ref, folder):
+    """transformers' model with random parameters, saved to `folder`; lmblocks' load of that folder."""
+    randomize(ref)
+    ref.save_pretrained(folder)
+    return lb.load(folder, verbose=False)
+
+
+def assert_decode_equals_recompute(model, ids, prefill):
+    """`prefill` tokens in one call, then one token per call: the logits of one full pass."""
+    full = model.logits(ids)
+    cache = model.new_cache(1, len(ids) + 1)
+    rows = [model.forward(cache, ids[:prefill], logits="all")]
+    rows += [model.forward(cache, ids[i:i + 1], logits="all") for i in range(prefill, len(ids))]
+    np.testing.assert_allclose(np.concatenate(rows), full, atol=1e-5 * np.abs(full).max())
+    return full, cache
+
+
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def tiny(request, tmp_path_factory):
     import transformers
@@ -52,10 +69,7 @@ def tiny(request, tmp_path_factory):
     cfg = Config(vocab_size=V, num_hidden_layers=2, expand=2, layer_norm_epsilon=1e-5, **CONFIGS[request.param])
     torch.manual_seed(0)
     ref = Model(cfg).eval()
-    randomize(ref)
-    folder = tmp_path_factory.mktemp(request.param)
-    ref.save_pretrained(folder)
-    return request.param, ref, lb.load(folder, verbose=False)
+    return request.param, ref, saved_and_loaded(ref, tmp_path_factory.mktemp(request.param))
 
 
 @torch.no_grad()
@@ -72,12 +86,7 @@ def test_logits_equal_transformers(tiny, T):
 
 def test_decode_step_by_step_equals_full_recompute(tiny):
     _, _, model = tiny
-    ids = np.random.default_rng(3).integers(0, V, 40).astype(np.int32)
-    full = model.logits(ids)
-    cache = model.new_cache(1, 64)
-    rows = [model.forward(cache, ids[:10], logits="all")]
-    rows += [model.forward(cache, ids[i:i + 1], logits="all") for i in range(10, 40)]
-    np.testing.assert_allclose(np.concatenate(rows), full, atol=1e-5 * np.abs(full).max())
+    assert_decode_equals_recompute(model, np.random.default_rng(3).integers(0, V, 40).astype(np.int32), 10)
 
 
 def test_states_after_prefill_equal_transformers_cache(tiny):
@@ -140,11 +149,7 @@ def hybrid(pattern="MAMS", chunk=8):
 def test_hybrid_stack_decodes_as_it_prefills_and_round_trips(tmp_path):
     model = hybrid()
     ids = np.random.default_rng(8).integers(0, V, 50).astype(np.int32)
-    full = model.logits(ids)
-    cache = model.new_cache(1, 64)
-    rows = [model.forward(cache, ids[:20], logits="all")]
-    rows += [model.forward(cache, ids[i:i + 1], logits="all") for i in range(20, 50)]
-    np.testing.assert_allclose(np.concatenate(rows), full, atol=1e-5 * np.abs(full).max())
+    full, _ = assert_decode_equals_recompute(model, ids, 20)
     # The chunk size changes the order of sums only.
     np.testing.assert_allclose(hybrid(chunk=0).logits(ids), full, atol=1e-4 * np.abs(full).max())
     model.save(tmp_path / "h")
@@ -185,10 +190,7 @@ def bamba(tmp_path_factory):
                       mamba_d_state=12, mamba_chunk_size=16, tie_word_embeddings=False, max_position_embeddings=512)
     torch.manual_seed(0)
     ref = BambaForCausalLM(cfg).eval()
-    randomize(ref)
-    folder = tmp_path_factory.mktemp("bamba")
-    ref.save_pretrained(folder)
-    return ref, lb.load(folder, verbose=False)
+    return ref, saved_and_loaded(ref, tmp_path_factory.mktemp("bamba"))
 
 
 @pytest.mark.parametrize("T", [1, 7, 64, 300])
@@ -201,10 +203,5 @@ def test_bamba_logits_equal_transformers(bamba, T):
 
 def test_bamba_decode_equals_recompute(bamba):
     _, model = bamba
-    ids = np.random.default_rng(9).integers(0, V, 30).astype(np.int32)
-    full = model.logits(ids)
-    cache = model.new_cache(1, 32)
-    rows = [model.forward(cache, ids[:17], logits="all")]
-    rows += [model.forward(cache, ids[i:i + 1], logits="all") for i in range(17, 30)]
-    np.testing.assert_allclose(np.concatenate(rows), full, atol=1e-5 * np.abs(full).max())
+    _, cache = assert_decode_equals_recompute(model, np.random.default_rng(9).integers(0, V, 30).astype(np.int32), 17)
     assert len(cache) == 1 and len(cache.states()) == 3  # one attention layer's keys, three SSM states

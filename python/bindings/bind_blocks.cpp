@@ -199,6 +199,15 @@ void bind_blocks(py::module_ m) {
            }),
            py::arg("weight"), py::arg("bias") = py::none());
 
+  m.def("glob_match", &glob_match, py::arg("pattern"), py::arg("path"),
+        "Whether a block path matches a hook glob ('*' within one dot-separated name, '**' across names).");
+  m.def("split_pattern",
+        [](const std::string& p) {
+          const HookPattern s = split_pattern(p);
+          return py::make_tuple(s.block, s.point);
+        },
+        py::arg("pattern"), "(block glob, point) of a hook pattern, as the native hooks read it.");
+
   py::class_<PatternHooks, std::shared_ptr<PatternHooks>>(m, "Hooks",
                                                           "Captures and replacements for CausalLM.forward, by block "
                                                           "path glob (see lmblocks.Model.capture).")
@@ -314,7 +323,8 @@ void bind_blocks(py::module_ m) {
       .def_readonly("final_softcap", &CausalLM::final_softcap)
       .def_readwrite("logit_scale", &CausalLM::logit_scale, "Logits are multiplied by this (Granite: 1 / logits_scaling).")
       .def_property_readonly("vocab_size", &CausalLM::vocab_size)
-      .def_property_readonly("model_dim", &CausalLM::model_dim);
+      .def_property_readonly("model_dim", &CausalLM::model_dim)
+      .def_property_readonly("tied", &CausalLM::tied, "Whether the output head is the embedding itself.");
 }
 
 }  // namespace lb::py_bind

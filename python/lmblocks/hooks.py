@@ -20,7 +20,6 @@ When no hook is set, nothing of this runs: a pass costs one pointer test per blo
 from __future__ import annotations
 
 import inspect
-import re
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -45,20 +44,14 @@ def named_blocks(lm) -> dict:
     return out
 
 
-def _regex(pattern: str):
-    parts = re.split(r"(\*\*|\*)", pattern)
-    rx = "".join(".*" if p == "**" else "[^.]*" if p == "*" else re.escape(p) for p in parts)
-    return re.compile(rx + r"\Z")
+glob_match = _core.nn.glob_match  # the native hooks' own matching and splitting, so both sides agree
 
 
 def split(pattern: str) -> tuple[str, str]:
-    """(block pattern, point) of a capture pattern (as the native hooks split it)."""
+    """(block glob, point) of a hook pattern, as the native hooks split it."""
     if not isinstance(pattern, str) or not pattern:
         raise ValueError(f"a hook pattern must be a non-empty str, got {pattern!r}")
-    head, _, last = pattern.rpartition(".")
-    if head and last in POINTS:
-        return head, last
-    return pattern, "out"
+    return _core.nn.split_pattern(pattern)
 
 
 def check_patterns(lm, patterns: Iterable[str], what: str) -> None:
@@ -66,8 +59,7 @@ def check_patterns(lm, patterns: Iterable[str], what: str) -> None:
     blocks = named_blocks(lm)
     for pat in patterns:
         block, point = split(pat)
-        rx = _regex(block)
-        hits = [p for p in blocks if rx.match(p)]
+        hits = [p for p in blocks if glob_match(block, p)]
         if not hits:
             some = ", ".join(list(blocks)[:6])
             raise ValueError(f"{what}: pattern {pat!r} matches no block; paths look like {some} ... "
@@ -112,8 +104,7 @@ class Activations(Mapping):
 
     def __getitem__(self, name: str):
         if "*" in name:
-            rx = _regex(name)
-            return {k: self[k] for k in self._parts if rx.match(k)}
+            return {k: self[k] for k in self._parts if glob_match(name, k)}
         vals = self.calls(name)
         if len(vals) == 1:
             return vals[0]
@@ -184,9 +175,13 @@ class HookSet:
             return
         recs = h.records()
         for a in self.captures:
-            rxs = [(_regex(b), p) for b, p in map(split, a.patterns)]
-            a._add([r for r in recs if any(rx.match(r[0].rsplit(".", 1)[0]) and r[0].rsplit(".", 1)[1] == p
-                                           for rx, p in rxs)])
+            pats = [split(p) for p in a.patterns]
+
+            def wanted(key: str) -> bool:  # keys are "path.point"; a point is one name
+                path, _, point = key.rpartition(".")
+                return any(point == pt and glob_match(block, path) for block, pt in pats)
+
+            a._add([r for r in recs if wanted(r[0])])
 
 
 __all__ = ["Activations", "POINTS", "named_blocks", "split", "check_patterns"]

@@ -77,12 +77,17 @@ class _Params:
             w = w.astype(np.float32)
         return w
 
-    def matrix(self, name, shape):
+    def matrix(self, name, shape, dtype: str | None = None):
+        """Given, or random; stored as ``dtype`` (default: the block's)."""
         if name in self.given:
             return self._given(name, shape)
         w = (self.rng.standard_normal(shape, dtype=np.float32) * np.float32(self.std) if self.init == "normal"
              else np.zeros(shape, np.float32))
-        return as_dtype(w, self.dtype, f"{self.block}.{name}")
+        return as_dtype(w, dtype or self.dtype, f"{self.block}.{name}")
+
+    def given_or(self, name, shape, make):
+        """Given, or ``make()``: a parameter with an init of its own (Mamba's A, dt and conv)."""
+        return self._given(name, shape) if name in self.given else make()
 
     def vector(self, name, n, fill=0.0, want=True):
         if name in self.given:
@@ -270,8 +275,7 @@ class MoE(_c.MoE):
             raise ValueError(f"MoE: top_k {top_k} is more than n_experts {n_experts}")
         E = n_experts
         p = _Params("MoE", weights, init, std, dtype, rng)
-        f32 = _Params("MoE", weights, init, std, "f32", p.rng)  # router and shared gate stay float32
-        router = f32.matrix("router", (E, dim))
+        router = p.matrix("router", (E, dim), "f32")  # the router and the shared gate stay float32
         g = p.matrix("gate_proj", (E, hidden, dim)) if gated else None
         u = p.matrix("up_proj", (E, hidden, dim))
         d = p.matrix("down_proj", (E, dim, hidden))
@@ -280,12 +284,24 @@ class MoE(_c.MoE):
         if shared is None and shared_hidden:
             shared = MLP(dim, shared_hidden, gated=gated, activation=activation, init=init, std=std, dtype=dtype,
                          rng=p.rng)
-        sg = f32.matrix("shared_gate", (1, dim)) if (shared_gate or "shared_gate" in f32.given) else None
-        p.used |= f32.used
+        sg = p.matrix("shared_gate", (1, dim), "f32") if (shared_gate or "shared_gate" in p.given) else None
         p.check_used()
         super().__init__(router, g, u, d, top_k, scoring=scoring, norm_topk=norm_topk, activation=activation,
                          router_bias=rb, selection_bias=sb, routed_scale=float(routed_scale), shared=shared,
                          shared_gate=sg)
+
+
+def _conv_init(rng, channels: int, kernel: int) -> np.ndarray:
+    """PyTorch's Conv1d default for a depthwise kernel: uniform(-1, 1) / sqrt(kernel)."""
+    return (rng.uniform(-1, 1, (channels, kernel)) / np.sqrt(kernel)).astype(np.float32)
+
+
+def _dt_bias(p: _Params, n: int, dt_init) -> np.ndarray:
+    """The given dt_bias, or softplus^-1 of dt log-uniform in ``dt_init`` (transformers' Mamba init). The dt
+    draw happens either way, so later parameters get the same random numbers."""
+    lo, hi = dt_init
+    dt = np.exp(p.rng.uniform(np.log(lo), np.log(hi), n))
+    return p.given_or("dt_bias", (n,), lambda: (dt + np.log(-np.expm1(-dt))).astype(np.float32))
 
 
 class Mamba(_c.Mamba):
@@ -303,23 +319,18 @@ class Mamba(_c.Mamba):
         _positive("Mamba", dim=dim, state_size=state_size, expand=expand, conv_kernel=conv_kernel, dt_rank=dt_rank)
         di, N = expand * dim, state_size
         p = _Params("Mamba", weights, init, std, dtype, rng)
-        f32 = _Params("Mamba", weights, init, std, "f32", p.rng)
         in_proj = p.matrix("in_proj", (2 * di, dim))
-        conv_w = f32.matrix("conv_weight", (di, conv_kernel)) if "conv_weight" in f32.given else \
-            (p.rng.uniform(-1, 1, (di, conv_kernel)) / np.sqrt(conv_kernel)).astype(np.float32)
-        conv_b = f32.vector("conv_bias", di, want=conv_bias)
+        conv_w = p.given_or("conv_weight", (di, conv_kernel), lambda: _conv_init(p.rng, di, conv_kernel))
+        conv_b = p.vector("conv_bias", di, want=conv_bias)
         x_proj = p.matrix("x_proj", (dt_rank + 2 * N, di))
-        dt_proj = f32.matrix("dt_proj", (di, dt_rank))
-        lo, hi = dt_init
-        dt = np.exp(p.rng.uniform(np.log(lo), np.log(hi), di))
-        dt_b = f32.vector("dt_bias", di) if "dt_bias" in f32.given else (dt + np.log(-np.expm1(-dt))).astype(np.float32)
-        a_log = f32._given("A_log", (di, N)) if "A_log" in f32.given else \
-            np.log(np.broadcast_to(np.arange(1, N + 1, dtype=np.float32), (di, N))).copy()
-        d = f32.vector("D", di, 1.0)
+        dt_proj = p.matrix("dt_proj", (di, dt_rank), "f32")
+        dt_b = _dt_bias(p, di, dt_init)
+        a_log = p.given_or("A_log", (di, N),
+                           lambda: np.log(np.broadcast_to(np.arange(1, N + 1, dtype=np.float32), (di, N))).copy())
+        d = p.vector("D", di, 1.0)
         out_proj = p.matrix("out_proj", (dim, di))
         ib = p.vector("in_bias", 2 * di, want=bias)
         ob = p.vector("out_bias", dim, want=bias)
-        p.used |= f32.used
         p.check_used()
         super().__init__(in_proj, conv_w, conv_b, x_proj, dt_proj, dt_b, a_log, d, out_proj, in_bias=ib, out_bias=ob)
 
@@ -350,21 +361,16 @@ class Mamba2(_c.Mamba2):
         H, di = n_heads, n_heads * head_dim
         cd = di + 2 * n_groups * state_size
         p = _Params("Mamba2", weights, init, std, dtype, rng)
-        f32 = _Params("Mamba2", weights, init, std, "f32", p.rng)  # the conv and per-head parameters
         in_proj = p.matrix("in_proj", (di + cd + H, dim))
-        conv_w = f32.matrix("conv_weight", (cd, conv_kernel)) if "conv_weight" in f32.given else \
-            (p.rng.uniform(-1, 1, (cd, conv_kernel)) / np.sqrt(conv_kernel)).astype(np.float32)
-        conv_b = f32.vector("conv_bias", cd, want=conv_bias)
-        lo, hi = dt_init
-        dt = np.exp(p.rng.uniform(np.log(lo), np.log(hi), H))
-        dt_b = f32.vector("dt_bias", H) if "dt_bias" in f32.given else (dt + np.log(-np.expm1(-dt))).astype(np.float32)
-        a_log = f32.vector("A_log", H) if "A_log" in f32.given else np.log(np.arange(1, H + 1, dtype=np.float32))
-        d = f32.vector("D", H, 1.0)
-        norm = f32.vector("norm", di, 1.0)
+        conv_w = p.given_or("conv_weight", (cd, conv_kernel), lambda: _conv_init(p.rng, cd, conv_kernel))
+        conv_b = p.vector("conv_bias", cd, want=conv_bias)
+        dt_b = _dt_bias(p, H, dt_init)
+        a_log = p.given_or("A_log", (H,), lambda: np.log(np.arange(1, H + 1, dtype=np.float32)))
+        d = p.vector("D", H, 1.0)
+        norm = p.vector("norm", di, 1.0)
         out_proj = p.matrix("out_proj", (dim, di))
         ib = p.vector("in_bias", di + cd + H, want=bias)
         ob = p.vector("out_bias", dim, want=bias)
-        p.used |= f32.used
         p.check_used()
         lim_lo, lim_hi = dt_limit
         super().__init__(H, head_dim, n_groups, state_size, in_proj, conv_w, conv_b, dt_b, a_log, d, norm, out_proj,

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from .hooks import named_blocks
 
 
@@ -33,10 +31,6 @@ class Part:
     kv_bytes: int = 0  # at the summary's context
     state_bytes: int = 0  # recurrent state per sequence (Mamba: conv window + SSM state), whatever the context
     decode_bytes: float = 0.0
-
-
-def _address(t) -> int:
-    return np.asarray(t).__array_interface__["data"][0]
 
 
 def _numel(t) -> int:
@@ -114,9 +108,8 @@ def parts(model, context: int = 0, kv_dtype: str = "f32") -> list[Part]:
         for t in lm.norm.weights().values():
             _add_tensor(n, t)
         out.append(n)
-    tied = _address(lm.lm_head) == _address(lm.embed_tokens)
-    head = Part("head", "tied to embed" if tied else f"Linear {D}->{V}")
-    if tied:
+    head = Part("head", "tied to embed" if lm.tied else f"Linear {D}->{V}")
+    if lm.tied:
         head.flops = 2.0 * V * D
         head.decode_bytes = float(lm.embed_tokens.nbytes)
     else:

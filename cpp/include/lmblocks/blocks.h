@@ -255,6 +255,14 @@ inline bool wants_point(const Context& ctx, const Block& b, const char* point) {
   return ctx.hooks && ctx.hooks->wants(b.path, point);
 }
 
+// A hook pattern as (block glob, point): the last name picks the point when it is a known one
+// ("in", "out", "probs", "router", "experts", "expert_weights"), else the point is "out".
+struct HookPattern {
+  std::string block, point;
+};
+HookPattern split_pattern(const std::string& pattern);
+bool glob_match(const std::string& pattern, const std::string& path);
+
 // Hooks from glob patterns: "layers.*.attn.probs" ('*' matches within one dot-separated name, '**'
 // across names); a last name that is a known point ("in", "out", "probs", ...) picks the point, else
 // "out". Captures are kept as copies in order; replacements call a function with the output.
@@ -278,13 +286,9 @@ class PatternHooks : public Hooks {
   std::vector<std::string> capture_patterns;  // as given
 
  private:
-  struct Pattern {
-    std::string block, point;
-  };
-  std::vector<Pattern> captures_;
-  std::vector<std::pair<Pattern, Replace>> replaces_;
+  std::vector<HookPattern> captures_;
+  std::vector<std::pair<HookPattern, Replace>> replaces_;
 };
-bool glob_match(const std::string& pattern, const std::string& path);
 
 // Keys and values of every attention block for S sequences, and the recurrent state of every stateful
 // block (Block::state_shapes; each tensor (S, ...) f32, zero for a fresh or cleared sequence). A global layer keeps C = n_ctx positions;
@@ -347,6 +351,7 @@ class CausalLM {
   const std::vector<const Block*>& stateful_blocks() const { return stateful_; }
   int64_t vocab_size() const { return lm_head.dim(0); }
   int64_t model_dim() const { return embed_tokens.dim(1); }
+  bool tied() const { return lm_head.raw() == embed_tokens.raw(); }  // the embedding is the head
 
   Tensor embed_tokens;  // (V, D), any dtype embedding() reads
   float embed_scale;

@@ -65,13 +65,7 @@ Tensor Block::run(Context& ctx, const Tensor& x) {
 
 // ---- PatternHooks ---------------------------------------------------------------------------------
 
-namespace {
-
-struct Split {
-  std::string block, point;
-};
-
-Split split_pattern(const std::string& pattern) {
+HookPattern split_pattern(const std::string& pattern) {
   if (pattern.empty()) throw ValueError("hooks: an empty pattern");
   const size_t dot = pattern.rfind('.');
   const std::string last = dot == std::string::npos ? pattern : pattern.substr(dot + 1);
@@ -82,24 +76,21 @@ Split split_pattern(const std::string& pattern) {
   return {pattern, "out"};
 }
 
-}  // namespace
-
 void PatternHooks::add_capture(const std::string& pattern) {
-  const Split s = split_pattern(pattern);
-  captures_.push_back({s.block, s.point});
+  captures_.push_back(split_pattern(pattern));
   capture_patterns.push_back(pattern);
 }
 
 void PatternHooks::add_replace(const std::string& pattern, Replace fn) {
-  const Split s = split_pattern(pattern);
+  HookPattern s = split_pattern(pattern);
   if (s.point != "out")
     throw ValueError("hooks: pattern '" + pattern + "' replaces point '" + s.point + "'; only a block's output can be replaced");
-  replaces_.push_back({{s.block, s.point}, std::move(fn)});
+  replaces_.push_back({std::move(s), std::move(fn)});
 }
 
 bool PatternHooks::wants(const std::string& path, const char* point) const {
   if (path.empty()) return false;
-  for (const Pattern& p : captures_)
+  for (const HookPattern& p : captures_)
     if (p.point == point && glob_match(p.block, path)) return true;
   return false;
 }

@@ -112,8 +112,7 @@ def export(model, path: str | os.PathLike) -> None:
                         (b + "ffn_up_exps.weight", mw["up_proj"]), (b + "ffn_down_exps.weight", mw["down_proj"])]
             F = m.expert_dim
     tensors.append(("output_norm.weight", lm.norm.weights()["weight"]))
-    tied = np.asarray(lm.lm_head).__array_interface__["data"][0] == np.asarray(lm.embed_tokens).__array_interface__["data"][0]
-    if not tied:
+    if not lm.tied:
         tensors.append(("output.weight", lm.lm_head))
 
     a, key = attn0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..io import FormatError
 from . import llama, mamba2
-from .base import ModelArgs, Weights, check_positive_int, nn
+from .base import ModelArgs, Weights, check_positive_int, json_float, nn
 
 MODEL_TYPES = ("bamba",)
 GGUF_ARCHS: tuple[str, ...] = ()
@@ -37,7 +37,7 @@ class BambaArgs(ModelArgs):
     def from_config(cls, config: dict, where: str = "config"):
         config = dict(config)
         if isinstance(config.get("time_step_limit"), list):
-            config["time_step_limit"] = tuple(mamba2._json_float(v) for v in config["time_step_limit"])
+            config["time_step_limit"] = tuple(json_float(v) for v in config["time_step_limit"])
         if config.get("partial_rotary_factor") is None:  # transformers hard-codes 0.5 for Bamba
             config["partial_rotary_factor"] = 0.5
         return super().from_config(config, where)

@@ -121,6 +121,16 @@ def args_from_config(cls, config: dict, required, where: str, extra: dict | None
     return args
 
 
+def json_float(v):
+    """A number from config.json, where transformers writes inf and nan as {"__float__": "Infinity"}."""
+    if isinstance(v, dict) and set(v) == {"__float__"} and isinstance(v["__float__"], str):
+        try:
+            return float(v["__float__"])
+        except ValueError:
+            return v
+    return v
+
+
 def check_positive_int(where: str, k: str, v, limit: int = 1 << 24) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < limit:
         raise FormatError(f"{where}: field {k!r} is {v!r}; expected a positive integer below {limit}")

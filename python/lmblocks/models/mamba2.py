@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..io import FormatError
 from . import mamba
-from .base import Weights, args_from_config, check_positive_int, nn
+from .base import Weights, args_from_config, check_positive_int, json_float, nn
 
 MODEL_TYPES = ("mamba2",)
 GGUF_ARCHS: tuple[str, ...] = ()
@@ -49,7 +49,7 @@ class Mamba2Args:
     def from_config(cls, config: dict, where: str = "config"):
         extra = {}
         if isinstance(config.get("time_step_limit"), list):  # transformers writes inf as {"__float__": "Infinity"}
-            extra["time_step_limit"] = tuple(_json_float(v) for v in config["time_step_limit"])
+            extra["time_step_limit"] = tuple(json_float(v) for v in config["time_step_limit"])
         return args_from_config(cls, config, ("model_type", "hidden_size", "num_hidden_layers", "vocab_size",
                                               "num_heads"), where, extra)
 
@@ -73,15 +73,6 @@ class Mamba2Args:
 
 
 ARGS = Mamba2Args
-
-
-def _json_float(v):
-    if isinstance(v, dict) and set(v) == {"__float__"} and isinstance(v["__float__"], str):
-        try:
-            return float(v["__float__"])
-        except ValueError:
-            return v
-    return v
 
 
 def mixer(args: Mamba2Args, w: Weights, p: str) -> "nn.Mamba2":
