@@ -59,16 +59,23 @@ def assert_decode_equals_recompute(model, ids, prefill):
     return full, cache
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
-def tiny(request, tmp_path_factory):
+def transformers_model(name):
+    """transformers' Mamba or Mamba2 of CONFIGS[name], random parameters (see randomize)."""
     import transformers
 
-    v2 = request.param.startswith("mamba2")
+    v2 = name.startswith("mamba2")
     Config = transformers.Mamba2Config if v2 else transformers.MambaConfig
     Model = transformers.Mamba2ForCausalLM if v2 else transformers.MambaForCausalLM
-    cfg = Config(vocab_size=V, num_hidden_layers=2, expand=2, layer_norm_epsilon=1e-5, **CONFIGS[request.param])
+    cfg = Config(vocab_size=V, num_hidden_layers=2, expand=2, layer_norm_epsilon=1e-5, **CONFIGS[name])
     torch.manual_seed(0)
     ref = Model(cfg).eval()
+    randomize(ref)
+    return ref
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def tiny(request, tmp_path_factory):
+    ref = transformers_model(request.param)
     return request.param, ref, saved_and_loaded(ref, tmp_path_factory.mktemp(request.param))
 
 
@@ -93,7 +100,7 @@ def test_states_after_prefill_equal_transformers_cache(tiny):
     name, ref, model = tiny
     ids = np.random.default_rng(4).integers(0, V, 23)
     with torch.no_grad():
-        out = ref(torch.tensor([ids]), use_cache=True)
+        out = ref(torch.from_numpy(ids)[None], use_cache=True)
     cache = model.new_cache(1, 32)
     model.forward(cache, ids.astype(np.int32))
     K = ref.config.conv_kernel
@@ -205,3 +212,123 @@ def test_bamba_decode_equals_recompute(bamba):
     _, model = bamba
     _, cache = assert_decode_equals_recompute(model, np.random.default_rng(9).integers(0, V, 30).astype(np.int32), 17)
     assert len(cache) == 1 and len(cache.states()) == 3  # one attention layer's keys, three SSM states
+
+
+# ---- GGUF: llama.cpp's "mamba" and "mamba2" files ----------------------------------------------------------
+
+
+def write_ssm_gguf(ref, path):
+    """transformers' Mamba/Mamba2 as llama.cpp's converter writes it (convert_hf_to_gguf.py's MambaModel and
+    Mamba2Model): A stored as -exp(A_log), the conv kernel squeezed to (C, K), Mamba2's A and D as (H, 1) and its
+    norm as (groups, d_inner / groups), the head omitted when tied."""
+    from lmblocks.io.gguf_writer import write_gguf
+    from test_moe import _spm_vocab
+
+    c = ref.config
+    v2 = c.model_type == "mamba2"
+    arch = c.model_type
+    sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    di = c.num_heads * c.head_dim if v2 else c.intermediate_size
+    u32 = [("context_length", 1 << 20), ("embedding_length", c.hidden_size), ("feed_forward_length", 0),
+           ("attention.head_count", 0), ("block_count", c.num_hidden_layers), ("ssm.conv_kernel", c.conv_kernel),
+           ("ssm.inner_size", di), ("ssm.state_size", c.state_size),
+           ("ssm.time_step_rank", c.num_heads if v2 else c.time_step_rank)]
+    if v2:
+        u32.append(("ssm.group_count", c.n_groups))
+    md = [("general.architecture", "string", arch), *[(f"{arch}.{k}", "uint32", v) for k, v in u32],
+          (f"{arch}.attention.layer_norm_rms_epsilon", "float32", c.layer_norm_epsilon), *_spm_vocab(c.vocab_size)]
+    tensors = [("token_embd.weight", sd["backbone.embeddings.weight"])]
+    for i in range(c.num_hidden_layers):
+        p, b = f"backbone.layers.{i}.mixer.", f"blk.{i}."
+        A = -np.exp(sd[p + "A_log"])
+        tensors += [(b + "attn_norm.weight", sd[f"backbone.layers.{i}.norm.weight"]),
+                    (b + "ssm_in.weight", sd[p + "in_proj.weight"]),
+                    (b + "ssm_conv1d.weight", sd[p + "conv1d.weight"].squeeze(1)),
+                    (b + "ssm_conv1d.bias", sd[p + "conv1d.bias"])]
+        if v2:
+            tensors += [(b + "ssm_dt.bias", sd[p + "dt_bias"]), (b + "ssm_a", A.reshape(-1, 1)),
+                        (b + "ssm_d", sd[p + "D"].reshape(-1, 1)),
+                        (b + "ssm_norm.weight", sd[p + "norm.weight"].reshape(c.n_groups, -1))]
+        else:
+            tensors += [(b + "ssm_x.weight", sd[p + "x_proj.weight"]), (b + "ssm_dt.weight", sd[p + "dt_proj.weight"]),
+                        (b + "ssm_dt.bias", sd[p + "dt_proj.bias"]), (b + "ssm_a", A), (b + "ssm_d", sd[p + "D"])]
+        tensors.append((b + "ssm_out.weight", sd[p + "out_proj.weight"]))
+    tensors.append(("output_norm.weight", sd["backbone.norm_f.weight"]))
+    if not c.tie_word_embeddings:
+        tensors.append(("output.weight", sd["lm_head.weight"]))
+    write_gguf(path, md, tensors)
+
+
+@pytest.fixture(scope="module", params=["mamba", "mamba2_groups2"])  # llama.cpp's graphs have no projection biases
+def ssm_gguf(request, tmp_path_factory):
+    name, ref = request.param, transformers_model(request.param)
+    path = tmp_path_factory.mktemp("gguf") / f"{name}.gguf"
+    write_ssm_gguf(ref, path)
+    return name, ref, path
+
+
+@pytest.mark.parametrize("T", [1, 64, 300])
+def test_gguf_logits_equal_transformers(ssm_gguf, T):
+    name, ref, path = ssm_gguf
+    model = lb.load(path, verbose=False)
+    assert model.args.model_type == ref.config.model_type
+    ids = np.random.default_rng(T).integers(0, V, T)
+    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4, name
+
+
+def test_llama_cpp_runs_the_ssm_gguf_with_our_greedy_tokens(ssm_gguf):
+    """llama.cpp's own Mamba/Mamba2 graph on the same file: the same greedy tokens, logits within 1e-3."""
+    pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding (make llamacpp) is not installed")
+    from test_convert import llama_cpp_greedy
+
+    name, _, path = ssm_gguf
+    model = lb.load(path, verbose=False)
+    prompts = [np.random.default_rng(s).integers(3, V, n).tolist() for s, n in ((1, 5), (2, 40))]
+    for ids, (toks, theirs) in zip(prompts, llama_cpp_greedy(path, prompts, 12)):
+        ours = model.logits(ids + toks)[len(ids) - 1:-1]
+        assert model.generate_ids(ids, 12, stop_at_eos=False) == toks, name
+        assert rel_err(ours, theirs) <= 1e-3, name
+
+
+def test_gguf_with_a_nonnegative_a_is_rejected(tmp_path):
+    """A = -exp(A_log) is negative; a file holding anything else (here NaN) names the tensor."""
+    from lmblocks.io import FormatError
+
+    bad = transformers_model("mamba2_groups2")
+    with torch.no_grad():
+        bad.backbone.layers[1].mixer.A_log[2] = float("nan")
+    write_ssm_gguf(bad, tmp_path / "bad.gguf")
+    with pytest.raises(FormatError, match=r"ssm_a \(read as 'backbone.layers.1.mixer.A_log'\) holds a value >= 0"):
+        lb.load(tmp_path / "bad.gguf", verbose=False)
+
+
+def test_exported_ssm_gguf_runs_in_lmblocks_and_llama_cpp_as_loaded(ssm_gguf, tmp_path):
+    """lmblocks' own writer (io.gguf_export) on a loaded Mamba/Mamba2: the file reads back to the logits it came from,
+    and llama.cpp's greedy tokens on it are ours."""
+    from lmblocks.io.gguf_export import export
+
+    name, ref, path = ssm_gguf
+    model = lb.load(path, verbose=False)
+    export(model, tmp_path / "out.gguf")
+    again = lb.load(tmp_path / "out.gguf", verbose=False)
+    ids = np.random.default_rng(11).integers(0, V, 40)
+    # A passes through log and exp once more: equal to rounding
+    np.testing.assert_allclose(again.logits(ids), model.logits(ids), rtol=0, atol=1e-6)
+    if pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding (make llamacpp) is not installed"):
+        from test_convert import llama_cpp_greedy
+
+        (toks, _), = llama_cpp_greedy(tmp_path / "out.gguf", [ids.tolist()], 8)
+        assert model.generate_ids(ids.tolist(), 8, stop_at_eos=False) == toks, name
+
+
+def test_export_refuses_what_llama_cpp_mamba2_cannot_hold(tmp_path):
+    rng = np.random.default_rng(0)
+    m = nn.Model(nn.Embedding(V, 32, rng=rng), nn.Stack("MM", {"M": lambda i: nn.Layer(
+        nn.Mamba2(32, head_dim=16, state_size=8, dt_limit=(0.0, 0.1), rng=rng))}), nn.RMSNorm(32))
+    with pytest.raises(NotImplementedError, match=r"layers.0.mamba limits dt .*'mamba2' graph"):
+        m.save(tmp_path / "m.gguf")
+    m = nn.Model(nn.Embedding(V, 32, rng=rng), nn.Stack("MA", {
+        "M": lambda i: nn.Layer(nn.Mamba2(32, head_dim=16, state_size=8, rng=rng)),
+        "A": lambda i: nn.Layer(nn.Attention(32, 4, rng=rng))}), nn.RMSNorm(32))
+    with pytest.raises(NotImplementedError, match=r"layers.1 is not an nn.Layer whose only block is a Mamba2"):
+        m.save(tmp_path / "m.gguf")

@@ -499,8 +499,8 @@ class Model(_LoadedModel):
         """Write the model to the folder ``path``: ``lmblocks.json`` (its blocks and settings) and
         ``model.safetensors`` (its weights, by block path, in their dtypes). ``lmblocks.load(path)`` reads
         it back. A path ending in ``.gguf`` writes a GGUF file llama.cpp runs, when the blocks are its
-        "llama" graph, dense or with Mixtral's experts (:mod:`lmblocks.io.gguf_export` says what fits;
-        anything else raises NotImplementedError)."""
+        "llama" graph, dense or with Mixtral's experts, or its "mamba"/"mamba2" graph
+        (:mod:`lmblocks.io.gguf_export` says what fits; anything else raises NotImplementedError)."""
         from . import serialize
 
         if os.fsdecode(path).endswith(".gguf"):

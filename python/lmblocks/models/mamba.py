@@ -11,11 +11,82 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..io import FormatError
 from .base import Weights, args_from_config, check_positive_int, nn
 
 MODEL_TYPES = ("mamba",)
-GGUF_ARCHS: tuple[str, ...] = ()
+GGUF_ARCHS = ("mamba",)
+
+# llama.cpp's names for the backbone and the mixer (convert_hf_to_gguf.py's MambaModel/Mamba2Model);
+# Mamba2 changes what ssm_dt.bias is read as (mamba2.GGUF_OVERRIDES).
+_M = "backbone.layers.{i}.mixer."
+GGUF_OVERRIDES = {
+    "token_embd.weight": "backbone.embeddings.weight",
+    "output_norm.weight": "backbone.norm_f.weight",
+    "blk.{i}.attn_norm.weight": "backbone.layers.{i}.norm.weight",
+    "blk.{i}.ssm_in.weight": _M + "in_proj.weight",
+    "blk.{i}.ssm_in.bias": _M + "in_proj.bias",
+    "blk.{i}.ssm_conv1d.weight": _M + "conv1d.weight",
+    "blk.{i}.ssm_conv1d.bias": _M + "conv1d.bias",
+    "blk.{i}.ssm_x.weight": _M + "x_proj.weight",
+    "blk.{i}.ssm_dt.weight": _M + "dt_proj.weight",
+    "blk.{i}.ssm_dt.bias": _M + "dt_proj.bias",
+    "blk.{i}.ssm_a": _M + "A_log",
+    "blk.{i}.ssm_d": _M + "D",
+    "blk.{i}.ssm_norm.weight": _M + "norm.weight",
+    "blk.{i}.ssm_out.weight": _M + "out_proj.weight",
+    "blk.{i}.ssm_out.bias": _M + "out_proj.bias",
+}
+
+
+def gguf_ssm_config(md: dict, arch: str, where: str, model_type: str) -> dict:
+    """The Hugging Face config fields a ``mamba``/``mamba2`` GGUF carries (llama.cpp's ``{arch}.ssm.*``)."""
+
+    def get(key, default=None):
+        v = md.get(f"{arch}.{key}", default)
+        if v is None:
+            raise FormatError(f"{where}: metadata {arch}.{key} is missing")
+        if isinstance(v, (list, np.ndarray)):
+            raise FormatError(f"{where}: metadata {arch}.{key} varies per layer, which is not supported")
+        return v
+
+    D, di = get("embedding_length"), get("ssm.inner_size")
+    cfg = {"model_type": model_type, "hidden_size": D, "num_hidden_layers": get("block_count"),
+           "state_size": get("ssm.state_size"), "conv_kernel": get("ssm.conv_kernel"),
+           "layer_norm_epsilon": float(get("attention.layer_norm_rms_epsilon", 1e-5)), "intermediate_size": di}
+    if not isinstance(D, int) or not isinstance(di, int) or D <= 0 or di <= 0 or di % D:
+        raise FormatError(f"{where}: {arch}.ssm.inner_size {di!r} is not a positive multiple of "
+                          f"{arch}.embedding_length {D!r}")
+    cfg["expand"] = di // D
+    return cfg
+
+
+def config_from_gguf(md: dict, where: str) -> dict:
+    cfg = gguf_ssm_config(md, "mamba", where, "mamba")
+    cfg["time_step_rank"] = md.get("mamba.ssm.time_step_rank")
+    cfg["use_conv_bias"] = True
+    return cfg
+
+
+def gguf_a_log(name: str, t, shape=None):
+    """llama.cpp stores A = -exp(A_log) (``ssm_a``); the blocks take A_log back."""
+    a = np.asarray(t, dtype=np.float32)
+    if not (a < 0).all():
+        raise FormatError(f"tensor ssm_a (read as {name!r}) holds a value >= 0 or NaN; llama.cpp stores "
+                          "A = -exp(A_log), which is negative")
+    return np.log(-a).reshape(shape if shape is not None else a.shape)
+
+
+def gguf_tensor(name: str, t):
+    """llama.cpp's layouts back to Hugging Face's: A from -exp(A_log), the conv kernel (C, K) -> (C, 1, K)."""
+    if name.endswith(".A_log"):
+        return gguf_a_log(name, t)
+    if name.endswith("conv1d.weight"):
+        a = np.asarray(t)
+        return a.reshape(a.shape[0], 1, a.shape[-1])
+    return t
 
 
 @dataclass

@@ -12,11 +12,36 @@ import math
 from dataclasses import dataclass
 
 from ..io import FormatError
+import numpy as np
+
 from . import mamba
 from .base import Weights, args_from_config, check_positive_int, json_float, nn
 
 MODEL_TYPES = ("mamba2",)
-GGUF_ARCHS: tuple[str, ...] = ()
+GGUF_ARCHS = ("mamba2",)
+GGUF_OVERRIDES = {**mamba.GGUF_OVERRIDES, "blk.{i}.ssm_dt.bias": mamba._M + "dt_bias"}
+
+
+def config_from_gguf(md: dict, where: str) -> dict:
+    """llama.cpp's Mamba2 keys: ``ssm.time_step_rank`` is the head count, ``ssm.group_count`` the groups;
+    chunk size and dt limits are not stored (Hugging Face's defaults)."""
+    cfg = mamba.gguf_ssm_config(md, "mamba2", where, "mamba2")
+    H = md.get("mamba2.ssm.time_step_rank")
+    di = cfg.pop("intermediate_size")
+    if not isinstance(H, int) or H <= 0 or di % H:
+        raise FormatError(f"{where}: mamba2.ssm.time_step_rank (the head count) is {H!r}; expected a positive "
+                          f"divisor of mamba2.ssm.inner_size {di}")
+    cfg.update(num_heads=H, head_dim=di // H, n_groups=md.get("mamba2.ssm.group_count", 1), use_conv_bias=True)
+    return cfg
+
+
+def gguf_tensor(name: str, t):
+    """llama.cpp's Mamba2 layouts: A and D as (H, 1), the norm as (groups, d_inner / groups)."""
+    if name.endswith(".A_log"):
+        return mamba.gguf_a_log(name, t, (-1,))
+    if name.endswith((".D", "norm.weight")) and np.asarray(t).ndim == 2:
+        return np.asarray(t).reshape(-1)
+    return mamba.gguf_tensor(name, t)
 
 
 @dataclass
