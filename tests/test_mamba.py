@@ -114,19 +114,23 @@ def test_states_after_prefill_equal_transformers_cache(tiny):
 
 
 def test_state_save_and_restore_branches_a_generation(tiny):
-    """Prefill once, save the state, decode two different continuations from it."""
+    """Prefill once, snapshot the sequence, decode two different continuations from it."""
     _, _, model = tiny
     ids = np.random.default_rng(5).integers(0, V, 12).astype(np.int32)
     cache = model.new_cache(1, 64)
     model.forward(cache, ids)
-    saved = [[a.copy() for a in ts] for _, ts in cache.states()]
+    snap = cache.snapshot()
+    assert snap.length == 12 and snap.nbytes == sum(t.nbytes for _, ts in cache.states() for t in ts)
     a = model.forward(cache, np.asarray([7], np.int32))
-    for (_, ts), keep in zip(cache.states(), saved):  # restore
-        for t, s in zip(ts, keep):
-            t[...] = s
+    model.forward(cache, np.asarray([9, 9, 9], np.int32))
+    cache.restore(snap)
+    assert cache.length() == 12
     b = model.forward(cache, np.asarray([7], np.int32))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, model.logits(np.r_[ids, 7])[-1:], atol=1e-5 * np.abs(a).max())
+    # The raw views say the same: cache.states() are writable arrays of every sequence.
+    for (path, ts), (spath, ss) in zip(cache.states(), snap.arrays().items()):
+        assert path == spath and [t.shape[1:] for t in ts] == [x.shape for x in ss]
     cache.clear()
     assert all(not t.any() for _, ts in cache.states() for t in ts)
 
@@ -166,6 +170,47 @@ def test_hybrid_stack_decodes_as_it_prefills_and_round_trips(tmp_path):
     mamba2 = 4 * ((128 + 2 * 2 * 16) * 3 + 8 * 16 * 16)
     mamba = 4 * (128 * 3 + 128 * 8)
     assert s["state_bytes"] == 2 * mamba2 + mamba
+
+
+def test_prefix_snapshot_of_a_hybrid_restores_into_another_cache_and_sequence():
+    """Attention keys/values and SSM states of a shared prompt, taken once, continue in another cache (longer
+    n_ctx, other sequence slot) exactly as if the prompt had been run there."""
+    model = hybrid()
+    prompt = np.random.default_rng(12).integers(0, V, 30).astype(np.int32)
+    tail = np.random.default_rng(13).integers(0, V, 5).astype(np.int32)
+    c1 = model.new_cache(1, 40)
+    model.forward(c1, prompt)
+    snap = c1.snapshot()
+    assert list(snap.arrays()) == ["layers.1.attn", "layers.0.mamba", "layers.2.mamba", "layers.3.mamba"]
+    c2 = model.new_cache(3, 64)
+    c2.restore(snap, seq=2)
+    got = model.forward(c2, tail, seq=np.full(5, 2, np.int32), logits="all")
+    np.testing.assert_allclose(got, model.logits(np.r_[prompt, tail])[30:], atol=1e-5)
+    assert c2.length(0) == 0 and c2.length(2) == 35
+
+
+def test_a_snapshot_from_another_model_is_refused_by_name():
+    model = hybrid()
+    cache = model.new_cache(1, 32)
+    model.forward(cache, np.arange(10, dtype=np.int32))
+    rng = np.random.default_rng(0)
+    other = nn.Model(nn.Embedding(V, 64, rng=rng), nn.Stack("MAMS", {
+        "M": lambda i: nn.Layer(nn.Mamba2(64, head_dim=16, state_size=8, n_groups=2, rng=rng)),
+        "S": lambda i: nn.Layer(nn.Mamba(64, state_size=8, rng=rng)),
+        "A": lambda i: nn.Layer(nn.Attention(64, 4, 2, rng=rng))}), nn.RMSNorm(64))
+    theirs = other.new_cache(1, 32)
+    other.forward(theirs, np.arange(10, dtype=np.int32))
+    before = [t.copy() for _, ts in cache.states() for t in ts]
+    with pytest.raises(ValueError, match=r"layers.0.mamba: the snapshot has state 0 of shape \(160, 3\) where this "
+                                         r"block's is \(192, 3\); it was taken from another model"):
+        cache.restore(theirs.snapshot())
+    assert all((a == b).all() for a, b in zip(before, (t for _, ts in cache.states() for t in ts)))  # untouched
+    small = nn.Model(nn.Embedding(V, 64), nn.Stack("MA", {"M": lambda i: nn.Layer(nn.Mamba2(64, head_dim=16)),
+                                                          "A": lambda i: nn.Layer(nn.Attention(64, 4))}), nn.RMSNorm(64))
+    with pytest.raises(ValueError, match="holds 2 blocks' entries; this cache holds 1 attention and 3 stateful"):
+        cache.restore(small.new_cache(1, 8).snapshot())
+    with pytest.raises(ValueError, match="the snapshot is 10 positions long; this cache holds 8"):
+        model.new_cache(1, 8).restore(cache.snapshot())
 
 
 def test_mamba2_errors():

@@ -282,7 +282,34 @@ void bind_blocks(py::module_ m) {
            },
            "[(block path, [state arrays (S, ...)])] of every stateful block: writable views, so a state can be "
            "read out, saved, and restored by assigning into them.")
+      .def("snapshot", &KVCache::snapshot, py::arg("seq") = 0,
+           "A copy of sequence `seq`: its length, keys and values, and recurrent states (a CacheSnapshot).")
+      .def("restore", [](KVCache& c, const KVCache::Snapshot& s, int64_t seq) { c.restore(seq, s); },
+           py::arg("snapshot"), py::arg("seq") = 0,
+           "Write a snapshot back into sequence `seq`; raises ValueError naming the block when it was taken "
+           "from another model.")
       .def("__len__", [](const KVCache& c) { return c.layers().size(); });
+
+  py::class_<KVCache::Snapshot>(m, "CacheSnapshot",
+                                "One sequence of a KVCache, copied (KVCache.snapshot); restore with KVCache.restore.")
+      .def_readonly("length", &KVCache::Snapshot::length)
+      .def_property_readonly("nbytes", &KVCache::Snapshot::nbytes)
+      .def("arrays",
+           [](const KVCache::Snapshot& s) {
+             py::dict out;
+             for (const auto& [path, ts] : s.entries) {
+               py::list l;
+               for (const Tensor& t : ts) l.append(to_numpy(t));
+               out[py::str(path)] = l;
+             }
+             return out;
+           },
+           "{block path: [arrays]}: attention blocks' (keys, values) as (Hkv, length, hd), stateful blocks' "
+           "states, as views of the snapshot's own copies.")
+      .def("__repr__", [](const KVCache::Snapshot& s) {
+        return "CacheSnapshot(length=" + std::to_string(s.length) + ", blocks=" + std::to_string(s.entries.size()) +
+               ", nbytes=" + std::to_string(s.nbytes()) + ")";
+      });
 
   py::class_<CausalLM, std::shared_ptr<CausalLM>>(m, "CausalLM")
       .def(py::init([](py::object embed, float scale, BlockPtr body, BlockPtr norm, py::object head, float softcap) {

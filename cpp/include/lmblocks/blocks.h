@@ -320,6 +320,19 @@ class KVCache {
   int64_t nbytes() const;
   const std::vector<Layer>& layers() const { return layers_; }
 
+  // One sequence's part of the cache as copies: its length, each attention block's keys and values
+  // (positions 0 .. length - 1, or the whole ring of a window that wrapped) and each stateful block's
+  // tensors, under the block's path. restore() writes one back into a sequence of a cache with the
+  // same layout, in this model or a copy of it (prefix caching, branching), and otherwise raises
+  // naming the first block that differs: a state from another model is never read as this one's.
+  struct Snapshot {
+    int64_t length = 0;
+    std::vector<std::pair<std::string, std::vector<Tensor>>> entries;  // attention (k, v) first, then states
+    int64_t nbytes() const;
+  };
+  Snapshot snapshot(int64_t seq) const;
+  void restore(int64_t seq, const Snapshot& snap);
+
  private:
   friend class CausalLM;
   std::vector<Layer> layers_;

@@ -147,6 +147,79 @@ void KVCache::clear(int64_t seq) {
   len_[size_t(seq)] = 0;
 }
 
+int64_t KVCache::Snapshot::nbytes() const {
+  int64_t n = 0;
+  for (const auto& [path, ts] : entries)
+    for (const Tensor& t : ts) n += t.nbytes();
+  return n;
+}
+
+KVCache::Snapshot KVCache::snapshot(int64_t seq) const {
+  Snapshot s;
+  s.length = length(seq);
+  for (const Layer& l : layers_) {
+    const int64_t n = std::min(s.length, l.capacity);  // slot p % C: the first n slots hold what is there
+    s.entries.push_back({l.block->path, {l.k.select(0, seq).slice(1, 0, n).clone(),
+                                         l.v.select(0, seq).slice(1, 0, n).clone()}});
+  }
+  for (const State& st : states_) {
+    std::vector<Tensor> ts;
+    for (const Tensor& t : st.tensors) ts.push_back(t.select(0, seq).clone());
+    s.entries.push_back({st.block->path, std::move(ts)});
+  }
+  return s;
+}
+
+void KVCache::restore(int64_t seq, const Snapshot& snap) {
+  length(seq);  // range check
+  const size_t want = layers_.size() + states_.size();
+  if (snap.entries.size() != want)
+    throw ValueError("KVCache.restore: the snapshot holds " + std::to_string(snap.entries.size()) +
+                     " blocks' entries; this cache holds " + std::to_string(layers_.size()) + " attention and " +
+                     std::to_string(states_.size()) + " stateful blocks: it comes from another model");
+  if (snap.length < 0 || snap.length > n_ctx_)
+    throw ValueError("KVCache.restore: the snapshot is " + std::to_string(snap.length) +
+                     " positions long; this cache holds " + std::to_string(n_ctx_) + " per sequence");
+  // Check everything first, write second: a failed restore leaves the sequence as it was.
+  std::vector<std::pair<Tensor, const Tensor*>> writes;
+  auto fail = [&](const std::string& path, const std::string& why) {
+    throw ValueError("KVCache.restore: " + path + ": the snapshot has " + why +
+                     "; it was taken from another model (or a sliding-window cache of another size)");
+  };
+  for (size_t i = 0; i < want; ++i) {
+    const auto& [path, ts] = snap.entries[i];
+    const bool attn = i < layers_.size();
+    const std::string here = attn ? layers_[i].block->path : states_[i - layers_.size()].block->path;
+    if (path != here) fail(here, "block " + path + " in this one's place");
+    if (attn) {
+      const Layer& l = layers_[i];
+      const int64_t n = std::min(snap.length, l.capacity);
+      const Shape shape = {l.n_kv_heads, n, l.head_dim};
+      if (ts.size() != 2 || ts[0].shape() != shape || ts[1].shape() != shape)
+        fail(path, "keys and values of shape " + (ts.empty() ? std::string("none") : shape_str(ts[0].shape())) +
+                       " where this cache's are " + shape_str(shape));
+      if (ts[0].dtype() != dtype_ || ts[1].dtype() != dtype_)
+        fail(path, std::string("keys and values of dtype ") + name(ts[0].dtype()) + " where this cache's are " +
+                       name(dtype_));
+      writes.push_back({l.k.select(0, seq).slice(1, 0, n), &ts[0]});
+      writes.push_back({l.v.select(0, seq).slice(1, 0, n), &ts[1]});
+    } else {
+      const State& st = states_[i - layers_.size()];
+      if (ts.size() != st.tensors.size())
+        fail(path, std::to_string(ts.size()) + " state tensors where this block keeps " + std::to_string(st.tensors.size()));
+      for (size_t j = 0; j < ts.size(); ++j) {
+        const Tensor dst = st.tensors[j].select(0, seq);
+        if (ts[j].shape() != dst.shape() || ts[j].dtype() != DType::f32)
+          fail(path, "state " + std::to_string(j) + " of shape " + shape_str(ts[j].shape()) + " where this block's is " +
+                         shape_str(dst.shape()));
+        writes.push_back({dst, &ts[j]});
+      }
+    }
+  }
+  for (auto& [dst, src] : writes) dst.copy_from(*src);
+  len_[size_t(seq)] = snap.length;
+}
+
 int64_t KVCache::nbytes() const {
   int64_t n = 0;
   for (const Layer& l : layers_) n += l.k.nbytes() + l.v.nbytes();
