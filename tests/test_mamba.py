@@ -135,6 +135,43 @@ def test_state_save_and_restore_branches_a_generation(tiny):
     assert all(not t.any() for _, ts in cache.states() for t in ts)
 
 
+def test_dt_and_state_norm_hook_points(tiny):
+    """``dt`` equals softplus(dt + dt_bias) recomputed in float64 from the block's captured input; the last
+    ``state_norm`` row equals the norms of transformers' cached state; the hooked pass gives the same logits."""
+    name, ref, model = tiny
+    ids = np.random.default_rng(14).integers(0, V, 37)
+    with model.capture("layers.*.mamba.in", "layers.*.mamba.dt", "layers.*.mamba.state_norm") as acts:
+        hooked = model.logits(ids)
+    np.testing.assert_allclose(hooked, model.logits(ids), atol=1e-5 * np.abs(hooked).max())
+    with torch.no_grad():
+        cache = ref(torch.from_numpy(ids)[None], use_cache=True).cache_params
+    v2 = ref.config.model_type == "mamba2"
+    for i, layer in enumerate(ref.backbone.layers):
+        m = layer.mixer
+        x = acts[f"layers.{i}.mamba.in"].astype(np.float64)
+        zxbcdt = x @ m.in_proj.weight.detach().double().numpy().T
+        if m.in_proj.bias is not None:
+            zxbcdt += m.in_proj.bias.detach().double().numpy()
+        if v2:
+            raw = zxbcdt[:, -m.num_heads:] + m.dt_bias.detach().double().numpy()
+        else:  # dt comes from the conv's output: recompute it as transformers does, in float64
+            with torch.no_grad():
+                xs = torch.from_numpy(zxbcdt[:, :m.intermediate_size].T[None])  # (1, di, T)
+                conv = torch.nn.functional.conv1d(xs, m.conv1d.weight.double(), None if m.conv1d.bias is None else
+                                                  m.conv1d.bias.double(), padding=m.conv_kernel_size - 1,
+                                                  groups=m.intermediate_size)[..., :len(ids)]
+                xs = torch.nn.functional.silu(conv)[0].T
+                low = (xs @ m.x_proj.weight.double().T)[:, :m.time_step_rank]
+                raw = (low @ m.dt_proj.weight.double().T + m.dt_proj.bias.double()).numpy()
+        want = np.logaddexp(0, raw)
+        np.testing.assert_allclose(acts[f"layers.{i}.mamba.dt"], want, rtol=1e-4, atol=1e-6, err_msg=name)
+        state = cache.get_recurrent_state(i, state_idx=0)[0].double().numpy()
+        norms = np.sqrt((state.reshape(state.shape[0], -1) ** 2).sum(-1))
+        got = acts[f"layers.{i}.mamba.state_norm"]
+        assert got.shape == (len(ids), state.shape[0])
+        np.testing.assert_allclose(got[-1], norms, rtol=1e-4, err_msg=name)
+
+
 def test_sequences_in_one_batch_equal_each_alone(tiny):
     _, _, model = tiny
     a, b = (np.random.default_rng(s).integers(0, V, n).astype(np.int32) for s, n in ((6, 9), (7, 14)))
@@ -377,3 +414,26 @@ def test_export_refuses_what_llama_cpp_mamba2_cannot_hold(tmp_path):
         "A": lambda i: nn.Layer(nn.Attention(32, 4, rng=rng))}), nn.RMSNorm(32))
     with pytest.raises(NotImplementedError, match=r"layers.1 is not an nn.Layer whose only block is a Mamba2"):
         m.save(tmp_path / "m.gguf")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(conv_kernel=3), r"tensor 'backbone.layers.0.mixer.conv1d.weight' has shape \(148, 1, 4\); the config implies "
+                          r"\(148, 1, 3\)"),
+    (dict(n_groups=3), "num_heads 8 is not a multiple of n_groups 3"),
+    (dict(head_dim=10), "expand \\* hidden_size = 96 but num_heads \\* head_dim = 80"),
+    (dict(state_size=12), r"in_proj.weight' has shape \(252, 48\); the config implies \(248, 48\)"),
+    (dict(num_heads=0), "num_heads"),
+])
+def test_inconsistent_mamba2_checkpoints_are_refused_by_name(change, message, tmp_path):
+    """A config whose sizes disagree with each other or with the weights: the field or tensor is named."""
+    import json
+
+    from lmblocks.io import FormatError
+
+    ref = transformers_model("mamba2_groups2")
+    ref.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(change)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FormatError, match=message):
+        lb.load(tmp_path, verbose=False)

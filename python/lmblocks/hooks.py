@@ -3,7 +3,9 @@
 Names are block paths plus a point: ``layers.3.attn`` is layer 3's attention block, ``layers.3`` the
 whole layer, ``norm`` the final norm. Every block has the points ``in`` and ``out`` (the default);
 attention adds ``probs`` (attention probabilities), an MoE block ``router`` (router logits),
-``experts`` (chosen experts) and ``expert_weights``. In patterns ``*`` matches within one name and
+``experts`` (chosen experts) and ``expert_weights``, Mamba and Mamba2 blocks ``dt`` (the step Δ of each
+token, per head or channel, after softplus) and ``state_norm`` (the L2 norm of each head's or channel's
+SSM state after each token; while it is captured the scan runs token by token). In patterns ``*`` matches within one name and
 ``**`` across names: ``layers.*.moe.router``, ``**.attn.probs``.
 
 >>> with model.capture("layers.3.attn.probs", "layers.*.out") as acts:   # doctest: +SKIP
@@ -26,7 +28,8 @@ import numpy as np
 
 from . import _core
 
-POINTS = {"in": None, "out": None, "probs": "Attention", "router": "MoE", "experts": "MoE", "expert_weights": "MoE"}
+POINTS = {"in": None, "out": None, "probs": ("Attention",), "router": ("MoE",), "experts": ("MoE",),
+          "expert_weights": ("MoE",), "dt": ("Mamba", "Mamba2"), "state_norm": ("Mamba", "Mamba2")}
 
 
 def named_blocks(lm) -> dict:
@@ -64,9 +67,9 @@ def check_patterns(lm, patterns: Iterable[str], what: str) -> None:
             some = ", ".join(list(blocks)[:6])
             raise ValueError(f"{what}: pattern {pat!r} matches no block; paths look like {some} ... "
                              "(model.blocks() lists them)")
-        kind = POINTS[point]
-        if kind is not None and not any(blocks[p].kind == kind for p in hits):
-            raise ValueError(f"{what}: point {point!r} belongs to {kind} blocks, but {pat!r} matches "
+        kinds = POINTS[point]
+        if kinds is not None and not any(blocks[p].kind in kinds for p in hits):
+            raise ValueError(f"{what}: point {point!r} belongs to {' and '.join(kinds)} blocks, but {pat!r} matches "
                              f"{sorted({blocks[p].kind for p in hits})}")
 
 

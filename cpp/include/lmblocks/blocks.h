@@ -234,7 +234,8 @@ class Sequential : public Block {
 };
 
 // What a forward pass captures or replaces. A point of a block is "in" or "out" of any block, or one a
-// block offers itself (Attention: "probs"; MoE: "router", "experts", "expert_weights"). Captured values
+// block offers itself (Attention: "probs"; MoE: "router", "experts", "expert_weights"; Mamba, Mamba2:
+// "dt", "state_norm"). Captured values
 // are tensors whose first axis is the batch's tokens; a hook copies what it keeps.
 class Hooks {
  public:
@@ -256,7 +257,7 @@ inline bool wants_point(const Context& ctx, const Block& b, const char* point) {
 }
 
 // A hook pattern as (block glob, point): the last name picks the point when it is a known one
-// ("in", "out", "probs", "router", "experts", "expert_weights"), else the point is "out".
+// ("in", "out", "probs", "router", "experts", "expert_weights", "dt", "state_norm"), else the point is "out".
 struct HookPattern {
   std::string block, point;
 };

@@ -11,7 +11,7 @@ namespace lb::blocks {
 namespace {
 
 // Points a pattern's last name may pick; any other last name is part of the block path ("out").
-constexpr const char* kPoints[] = {"in", "out", "probs", "router", "experts", "expert_weights"};
+constexpr const char* kPoints[] = {"in", "out", "probs", "router", "experts", "expert_weights", "dt", "state_norm"};
 
 bool is_point(const std::string& s) {
   for (const char* p : kPoints)

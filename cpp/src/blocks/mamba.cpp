@@ -21,6 +21,45 @@ void check_vec(const Tensor& t, int64_t n, const char* name, bool required, cons
 
 Tensor f32(const Tensor& t) { return !t.defined() || t.dtype() == DType::f32 ? t : t.to(DType::f32); }
 
+// ---- hook points: "dt" and "state_norm" ----------------------------------------------------------
+// "dt": the step the scan takes per token, clamp(softplus(dt + dt_bias), lo, hi), (N, heads or channels).
+// "state_norm": the L2 norm of each head's (P, N) or channel's (N,) state after each token. To see every
+// state the scan then runs one token at a time (the recurrence; the chunked form sums in another order).
+
+Tensor step_sizes(const Tensor& raw, const Tensor& bias, float lo, float hi) {
+  const int64_t N = raw.dim(0), W = raw.dim(1);
+  const Tensor r = raw.contiguous();
+  Tensor out = Tensor::empty({N, W});
+  const float *src = r.data<float>(), *b = bias.data<float>();
+  float* o = out.data<float>();
+  for (int64_t i = 0; i < N * W; ++i) {
+    const float v = src[i] + b[i % W];
+    o[i] = std::min(std::max(v > 20.f ? v : std::log1p(std::exp(v)), lo), hi);  // torch's softplus
+  }
+  return out;
+}
+
+// Runs `step(t)` (token t of a run, updating `state` (W, ...) in place, returning its output row) for
+// each token, writing the norm of each of the W state rows after it into norms[t * W ...].
+template <class Step>
+Tensor scan_one_by_one(int64_t n, const Tensor& state, float* norms, Step&& step) {
+  const int64_t W = state.dim(0), per = state.numel() / W;
+  std::vector<Tensor> rows;
+  for (int64_t t = 0; t < n; ++t) {
+    rows.push_back(step(t).contiguous());
+    const float* s = state.data<float>();
+    for (int64_t w = 0; w < W; ++w) {
+      double acc = 0;
+      for (int64_t j = 0; j < per; ++j) acc += double(s[w * per + j]) * s[w * per + j];
+      norms[t * W + w] = float(std::sqrt(acc));
+    }
+  }
+  const int64_t row = rows[0].numel();
+  Tensor y = Tensor::empty({n, row});
+  for (int64_t t = 0; t < n; ++t) std::memcpy(y.data<float>() + t * row, rows[size_t(t)].raw(), size_t(row) * 4);
+  return y;
+}
+
 }  // namespace
 
 Mamba2::Mamba2(const Mamba2Config& c, Tensor ip, Tensor cw, Tensor cb, Tensor dtb, Tensor al, Tensor d, Tensor nw,
@@ -73,6 +112,8 @@ Tensor Mamba2::forward(Context& ctx, const Tensor& x) {
   ssd.chunk_size = cfg.chunk_size;
   ssd.dt_min = cfg.dt_min;
   ssd.dt_max = cfg.dt_max;
+  capture_point(ctx, *this, "dt", [&] { return step_sizes(zxbcdt.slice(1, di + cd, di + cd + H), dt_bias, cfg.dt_min, cfg.dt_max); });
+  Tensor norms = wants_point(ctx, *this, "state_norm") ? Tensor::empty({N, H}) : Tensor();
   for (const Run& run : ctx.runs) {
     const Tensor rows = zxbcdt.slice(0, run.begin, run.begin + run.n);
     Tensor conv_state = st[0].select(0, run.seq), ssm_state = st[1].select(0, run.seq);
@@ -81,9 +122,16 @@ Tensor Mamba2::forward(Context& ctx, const Tensor& x) {
     const Tensor B = xbc.slice(1, di, di + G * S).reshape({run.n, G, S});
     const Tensor C = xbc.slice(1, di + G * S, cd).reshape({run.n, G, S});
     const Tensor dt = rows.slice(1, di + cd, di + cd + H);
-    const Tensor yr = ops::ssd_scan(xs, dt, A_, B, C, D, dt_bias, ssm_state, ssd);  // (n, H, P)
+    const Tensor yr = !norms.defined() ? ops::ssd_scan(xs, dt, A_, B, C, D, dt_bias, ssm_state, ssd)  // (n, H, P)
+        : scan_one_by_one(run.n, ssm_state, norms.data<float>() + run.begin * H, [&](int64_t t) {
+            ops::Ssd one = ssd;
+            one.chunk_size = 0;
+            return ops::ssd_scan(xs.slice(0, t, t + 1), dt.slice(0, t, t + 1), A_, B.slice(0, t, t + 1),
+                                 C.slice(0, t, t + 1), D, dt_bias, ssm_state, one);
+          });
     std::memcpy(y.data<float>() + run.begin * di, yr.contiguous().raw(), size_t(run.n * di) * 4);
   }
+  capture_point(ctx, *this, "state_norm", [&] { return norms; });
   const Tensor yn = ops::rms_norm_gated(y, zxbcdt.slice(1, 0, di), norm, cfg.norm_eps, di / G);
   return ops::linear(yn, out_proj, out_bias);
 }
@@ -149,15 +197,22 @@ Tensor Mamba::forward(Context& ctx, const Tensor& x) {
   }
   const Tensor dbc = ops::linear(xs, x_proj);                   // (N, R + 2N)
   const Tensor dt = ops::linear(dbc.slice(1, 0, R), dt_proj);  // (N, d_inner), bias added in the scan
+  capture_point(ctx, *this, "dt", [&] { return step_sizes(dt, dt_bias, 0.f, 1e30f); });
+  Tensor norms = wants_point(ctx, *this, "state_norm") ? Tensor::empty({N, di}) : Tensor();
   Tensor y = Tensor::empty({N, di});
   for (const Run& run : ctx.runs) {
-    const int64_t a = run.begin, e = run.begin + run.n;
     Tensor ssm_state = st[1].select(0, run.seq);
-    const Tensor yr = ops::selective_scan(xs.slice(0, a, e), dt.slice(0, a, e), A_, dbc.slice(0, a, e).slice(1, R, R + Ns),
-                                          dbc.slice(0, a, e).slice(1, R + Ns, R + 2 * Ns), D,
-                                          xz.slice(0, a, e).slice(1, di, 2 * di), dt_bias, ssm_state, true);
+    auto scan = [&](int64_t a, int64_t e) {
+      return ops::selective_scan(xs.slice(0, a, e), dt.slice(0, a, e), A_, dbc.slice(0, a, e).slice(1, R, R + Ns),
+                                 dbc.slice(0, a, e).slice(1, R + Ns, R + 2 * Ns), D,
+                                 xz.slice(0, a, e).slice(1, di, 2 * di), dt_bias, ssm_state, true);
+    };
+    const int64_t a = run.begin;
+    const Tensor yr = !norms.defined() ? scan(a, a + run.n)
+        : scan_one_by_one(run.n, ssm_state, norms.data<float>() + a * di, [&](int64_t t) { return scan(a + t, a + t + 1); });
     std::memcpy(y.data<float>() + a * di, yr.contiguous().raw(), size_t(run.n * di) * 4);
   }
+  capture_point(ctx, *this, "state_norm", [&] { return norms; });
   return ops::linear(y, out_proj, out_bias);
 }
 
