@@ -31,7 +31,7 @@ test: install llamacpp
 	$(PY) -m pytest -q
 	@for isa in $$($(PY) -c "import lmblocks as lb; i = lb.cpu_info(); print(*[a for a in i['available_isas'] if a != i['best_isa']])"); do \
 		echo "== kernel tests with LMBLOCKS_ISA=$$isa"; \
-		LMBLOCKS_ISA=$$isa $(PY) -m pytest -q tests/test_ops.py tests/test_qlinear.py tests/test_attention.py || exit 1; \
+		LMBLOCKS_ISA=$$isa $(PY) -m pytest -q tests/test_ops.py tests/test_qlinear.py tests/test_attention.py tests/test_ssm.py || exit 1; \
 	done
 
 .PHONY: llamacpp
