@@ -151,6 +151,7 @@ def model_files(out_dir: pathlib.Path) -> dict[str, pathlib.Path]:
     files["gemma3-q4_k_m"] = assets.gemma3_270m()
     files.update({f"tinyllama-{q}": out_dir / f"tinyllama-shape-{q}.gguf" for q in ("q4_0", "q4_k_m", "q8_0")})
     files["olmoe-shape-q4_0"] = out_dir / "olmoe-shape-q4_0.gguf"
+    files.update({f"mamba2-shape-{q}": out_dir / f"mamba2-shape-{q}.gguf" for q in ("f32", "q8_0", "q4_0")})
     return files
 
 
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="SmolLM2 Q4_1 only, 1 round, no torch: a smoke run")
     ap.add_argument("--models-dir", type=pathlib.Path, default=pathlib.Path.home() / ".cache/lmblocks/bench-models")
     ap.add_argument("--report", type=pathlib.Path, help="only rewrite bench/RESULTS.md from a saved results JSON")
+    ap.add_argument("--section", default="llm",
+                    help="the RESULTS.md section (and results/ file prefix) to write: a run over a subset of the "
+                         "models, e.g. --models mamba2-shape-q8_0 --section llm_mamba2, keeps the full run's table")
     ap.add_argument("--worker", nargs=3, metavar=("KIND", "PATH", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.report:
         record = json.loads(args.report.read_text())
-        report.write("llm", record, render(record))
+        report.write(args.section, record, render(record))
         return
     if args.quick:
         args.models, args.rounds, args.torch = ["smollm2-q4_1"], 1, ["none"]
@@ -252,10 +256,11 @@ def main(argv: list[str] | None = None) -> None:
                           "ceilings": json.loads(json.dumps(ceil))},
               "versions": {"lmblocks": lb.__version__, "llama_cpp_python": llama_cpp.__version__,
                            "numpy": np.__version__},
-              "threads": args.threads, "rounds": args.rounds, "results": results}
+              "threads": args.threads, "rounds": args.rounds, "results": results,
+              "command": "bench/llm.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     md = render(record)
     print(md)
-    report.write("llm", record, md)
+    report.write(args.section, record, md)
 
 
 def render(record: dict) -> str:
@@ -263,7 +268,8 @@ def render(record: dict) -> str:
     gbs = record["machine"]["ceilings"]["dram_read_gbs"]
     threads = record.get("threads") or sorted({r["threads"] for r in record["results"]})
     bandwidth = {str(n): gbs[str(n)] for n in threads}
-    return (f"## LLM inference (bench/llm.py, {record['utc']})\n\n{record['machine']['cpu']}; DRAM read "
+    command = record.get("command", "bench/llm.py")
+    return (f"## LLM inference (`{command}`, {record['utc']})\n\n{record['machine']['cpu']}; DRAM read "
             + ", ".join(f"{bandwidth[str(n)]:.1f} GB/s at {n} thread{'s' * (n > 1)}" for n in threads)
             + f"; llama-cpp-python {record['versions']['llama_cpp_python']}; median of {record['rounds']} "
             f"interleaved rounds.\n\n" + table(record["results"], bandwidth))

@@ -1,6 +1,6 @@
 """GGUF files for the LLM benchmark, made locally because this machine reaches no model hub.
 
-    python bench/make_models.py [--out DIR] [--only smollm2|tinyllama|olmoe] [--keep-f16]
+    python bench/make_models.py [--out DIR] [--only smollm2|tinyllama|olmoe|mamba2] [--keep-f16]
 
 - SmolLM2-135M-Instruct at the formats people actually run: its only shipped file is Q4_1, so its
   weights are dequantized to F16 (norms stay F32) with every metadata key copied (tokenizer, chat
@@ -18,6 +18,12 @@
   with std 0.02 everywhere the attention's average over the context swamps it and, from the second
   layer on, every token picks the same few experts (22-37 of 64 used, one taking all 256 tokens). The
   check prints how evenly the router spreads 512 tokens over the experts.
+
+- A Mamba2-130M-shaped state-space model ("mamba2": 24 layers of Mamba2 only, D=768, 24 heads of 64,
+  state 128, one group, tied 50280-row embedding) composed with lmblocks.nn (transformers' init,
+  seed fixed) and written by lmblocks' GGUF exporter as F32, then quantized by llama.cpp to Q8_0 and
+  Q4_0 (the conv, A, D, dt and norm tensors stay F32, as llama-quantize leaves them). No tokenizer
+  ("no_vocab"): both engines take token ids.
 
 Every file is loaded by llama.cpp afterwards and must produce tokens; SmolLM2's F16 must answer
 a chat prompt sensibly. Files already present are skipped, so the script is cheap to rerun.
@@ -294,10 +300,33 @@ def make_olmoe(out: pathlib.Path, keep_f16: bool) -> None:
         say(f"  removed {f16.name} (pass --keep-f16 to keep it)")
 
 
+MAMBA2 = dict(dim=768, n_layer=24, head_dim=64, state_size=128, n_groups=1, n_vocab=50280)
+
+
+def make_mamba2(out: pathlib.Path) -> None:
+    import lmblocks as lb
+    from lmblocks import nn
+
+    f32 = out / "mamba2-shape-f32.gguf"
+    say("Mamba2-130M shape, random weights")
+    if f32.exists():
+        say(f"  skip {f32.name} (exists)")
+    else:
+        hp, rng = MAMBA2, np.random.default_rng(SEED)
+        D = hp["dim"]
+        model = nn.Model(nn.Embedding(hp["n_vocab"], D, rng=rng), nn.Stack("M" * hp["n_layer"], {
+            "M": lambda i: nn.Layer(nn.Mamba2(D, head_dim=hp["head_dim"], state_size=hp["state_size"],
+                                              n_groups=hp["n_groups"], rng=rng), eps=1e-5)}), nn.RMSNorm(D, eps=1e-5))
+        model.save(f32)
+        say(f"  wrote {f32.name} (lmblocks {lb.__version__})")
+        check_decodes(f32)
+    make_quants(f32, "mamba2-shape", out, {"q8_0": QUANTS["q8_0"], "q4_0": QUANTS["q4_0"]})
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
-    ap.add_argument("--only", choices=["smollm2", "tinyllama", "olmoe"])
+    ap.add_argument("--only", choices=["smollm2", "tinyllama", "olmoe", "mamba2"])
     ap.add_argument("--keep-f16", action="store_true",
                     help="keep tinyllama-shape-f16.gguf (2.1 GiB) and olmoe-shape-f16.gguf (13 GiB)")
     args = ap.parse_args(argv)
@@ -308,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         make_tinyllama(args.out, args.keep_f16)
     if args.only in (None, "olmoe"):
         make_olmoe(args.out, args.keep_f16)
+    if args.only in (None, "mamba2"):
+        make_mamba2(args.out)
     for path in sorted(args.out.glob("*.gguf")):
         say(f"{path.stat().st_size / 2**20:9.1f} MiB  {path}")
 

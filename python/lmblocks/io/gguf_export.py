@@ -118,7 +118,7 @@ def _ssm(model, lm, layers):
     u32 = [("context_length", model.n_ctx), ("embedding_length", D), ("feed_forward_length", 0),
            ("attention.head_count", 0), ("block_count", len(layers)), ("ssm.conv_kernel", m.conv_kernel),
            ("ssm.inner_size", m.d_inner), ("ssm.state_size", m.state_size),
-           ("ssm.time_step_rank", m.n_heads if kind == "Mamba2" else m.dt_rank)]
+           ("ssm.time_step_rank", m.n_heads if kind == "Mamba2" else m.dt_rank), ("vocab_size", lm.vocab_size)]
     if kind == "Mamba2":
         u32.append(("ssm.group_count", m.n_groups))
     return arch, u32, [], tensors
