@@ -8,13 +8,17 @@ memory a pure SSM keeps against a transformer's KV cache.
    loaded by both engines in this process, float32. Prefill of 512 and 2048 tokens (one call, last
    logits) and greedy decode of 32 tokens after a 512-token prompt, interleaved rounds, medians.
    transformers runs its torch path (no mamba_ssm / causal_conv1d kernels on CPU), the one a
-   researcher gets. Issue 6's bars: prefill >= 20x, decode >= 10x.
+   researcher gets. Issue 6's bars: prefill >= 20x, decode >= 10x. lmblocks also runs the same
+   checkpoint with its projections and embedding quantized to q8_0 (`lb.quantize_model`), a row of
+   its own: the float32 rows compare like with like. The machine's ceilings are measured in the same
+   run (peak FMA rate, DRAM read bandwidth), and the report says what each bar would need of them.
 2. Memory: the recurrent state of that Mamba2 model per sequence against the KV cache of an
    equal-width Llama-style transformer (24 layers, 12 heads of 64, f16 cache) at 1k, 8k and 32k tokens,
    from lmblocks' own summaries.
 
-Writes bench/results/ssm-<UTC>.json and its section of bench/RESULTS.md. (llama.cpp's Mamba2 graph is
-not compared yet.)
+Writes bench/results/ssm-<UTC>.json and its section of bench/RESULTS.md. llama.cpp runs Mamba2 too:
+that comparison is bench/llm.py on the Mamba2-shaped GGUFs (`--models mamba2-shape-f32 mamba2-shape-q8_0
+mamba2-shape-q4_0 --torch none --section llm_mamba2`).
 """
 
 from __future__ import annotations
@@ -64,30 +68,33 @@ def bench_engines(shape: dict, threads: int, rounds: int, prefills, n_decode: in
     with tempfile.TemporaryDirectory() as tmp:
         ref = make_checkpoint(shape, pathlib.Path(tmp))
         ours = lb.load(tmp, verbose=False)
+        q8 = lb.quantize_model(ours, "q8_0", verbose=False)
     V = shape["vocab_size"]
     rng = np.random.default_rng(0)
     out: dict = {}
     for T in prefills:
         ids = rng.integers(0, V, T)
-        o, t = [], []
+        o, q, t = [], [], []
         for _ in range(rounds):
             o.append(T / timed(lambda: ours.forward(ours.new_cache(1, T), ids.astype(np.int32))))
+            q.append(T / timed(lambda: q8.forward(q8.new_cache(1, T), ids.astype(np.int32))))
             with torch.no_grad():
-                t.append(T / timed(lambda: ref(torch.tensor([ids]), logits_to_keep=1)))
-        out[f"prefill{T}"] = {"lmblocks": statistics.median(o), "transformers": statistics.median(t)}
+                t.append(T / timed(lambda: ref(torch.from_numpy(ids)[None], logits_to_keep=1)))
+        out[f"prefill{T}"] = {"lmblocks": statistics.median(o), "lmblocks_q8_0": statistics.median(q),
+                              "transformers": statistics.median(t)}
     prompt = rng.integers(0, V, 512)
 
-    def ours_decode():
-        cache = ours.new_cache(1, 512 + n_decode + 1)
-        lg = ours.forward(cache, prompt.astype(np.int32))[0]
+    def ours_decode(model):
+        cache = model.new_cache(1, 512 + n_decode + 1)
+        lg = model.forward(cache, prompt.astype(np.int32))[0]
         t0 = time.perf_counter()
         for _ in range(n_decode):
-            lg = ours.forward(cache, np.asarray([int(lg.argmax())], np.int32))[0]
+            lg = model.forward(cache, np.asarray([int(lg.argmax())], np.int32))[0]
         return n_decode / (time.perf_counter() - t0)
 
     @torch.no_grad()
     def torch_decode():
-        r = ref(torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
+        r = ref(torch.from_numpy(prompt)[None], use_cache=True, logits_to_keep=1)
         cache, tok = r.cache_params, r.logits[0, -1].argmax()
         t0 = time.perf_counter()
         for _ in range(n_decode):
@@ -95,14 +102,29 @@ def bench_engines(shape: dict, threads: int, rounds: int, prefills, n_decode: in
             cache, tok = r.cache_params, r.logits[0, -1].argmax()
         return n_decode / (time.perf_counter() - t0)
 
-    d_o, d_t = [], []
+    d_o, d_q, d_t = [], [], []
     for _ in range(rounds):
-        d_o.append(ours_decode())
+        d_o.append(ours_decode(ours))
+        d_q.append(ours_decode(q8))
         d_t.append(torch_decode())
-    out["decode"] = {"lmblocks": statistics.median(d_o), "transformers": statistics.median(d_t)}
+    out["decode"] = {"lmblocks": statistics.median(d_o), "lmblocks_q8_0": statistics.median(d_q),
+                     "transformers": statistics.median(d_t)}
     for v in out.values():
         v["ratio"] = v["lmblocks"] / v["transformers"]
+        v["ratio_q8_0"] = v["lmblocks_q8_0"] / v["transformers"]
     return out
+
+
+def per_token(shape: dict) -> dict:
+    """FLOPs of the weight matmuls per prompt token (the head runs for the last token only) and bytes of
+    float32 weights a decode step reads (every projection, the norms, the tied head), from the shape."""
+    D, L, H, P, G, N, K, V = (shape[k] for k in ("hidden_size", "num_hidden_layers", "num_heads", "head_dim",
+                                                 "n_groups", "state_size", "conv_kernel", "vocab_size"))
+    di = H * P
+    cd = di + 2 * G * N
+    proj = L * ((di + cd + H) * D + D * di)
+    small = L * (cd * (K + 1) + 3 * H + di + D) + D
+    return {"prefill_flops": 2 * proj, "decode_bytes": 4 * (proj + small + V * D)}
 
 
 def memory(shape: dict) -> dict:
@@ -125,14 +147,24 @@ def memory(shape: dict) -> dict:
 
 
 def render(rec: dict) -> str:
-    lines = [f"## State-space models (bench/ssm.py, {rec['utc']})", "",
+    c, need = rec["ceilings"], per_token(rec["shape"])
+    lines = [f"## State-space models (`{rec.get('command', 'bench/ssm.py')}`, {rec['utc']})", "",
              f"{rec['cpu']}; Mamba2 {rec['shape']['hidden_size']}x{rec['shape']['num_hidden_layers']} "
-             f"random weights, float32; median of {rec['rounds']} interleaved rounds; transformers' torch path.", "",
-             "| threads | figure | lmblocks tok/s | transformers tok/s | ratio (bar) |", "|---|---|---|---|---|"]
+             f"random weights; median of {rec['rounds']} interleaved rounds; transformers' torch path in float32. "
+             "Measured in the same run: peak FMA " + ", ".join(f"{v:.0f} GFLOP/s at {n}T" for n, v in c["fma_gflops"].items())
+             + "; DRAM read " + ", ".join(f"{v:.1f} GB/s at {n}T" for n, v in c["dram_read_gbs"].items()) + ".", "",
+             "| threads | figure | transformers f32 tok/s | lmblocks f32 tok/s | ratio (bar) | lmblocks q8_0 tok/s | ratio |"
+             " what the bar needs in f32 |", "|---|---|---|---|---|---|---|---|"]
     for n, res in rec["threads"].items():
         for k, v in res.items():
-            bar = "10x" if k == "decode" else "20x"
-            lines.append(f"| {n} | {k} | {v['lmblocks']:.1f} | {v['transformers']:.1f} | {v['ratio']:.1f}x (>= {bar}) |")
+            bar = 10 if k == "decode" else 20
+            want = bar * v["transformers"]
+            if k == "decode":
+                needs = f"{want * need['decode_bytes'] / 1e9:.0f} GB/s of weights (DRAM {c['dram_read_gbs'][n]:.0f})"
+            else:
+                needs = f"{want * need['prefill_flops'] / 1e9:.0f} GFLOP/s in matmuls (peak {c['fma_gflops'][n]:.0f})"
+            lines.append(f"| {n} | {k} | {v['transformers']:.1f} | {v['lmblocks']:.1f} | {v['ratio']:.1f}x (>= {bar}x) | "
+                         f"{v['lmblocks_q8_0']:.1f} | {v['ratio_q8_0']:.1f}x | {needs} |")
     lines += ["", "| context | Mamba2 state (per sequence) | equal-width transformer KV (f16) |", "|---|---|---|"]
     for n, m in rec["memory"].items():
         lines.append(f"| {n} | {m['ssm_state_bytes'] / 2**20:.2f} MiB | {m['transformer_kv_bytes'] / 2**20:.1f} MiB |")
@@ -146,12 +178,17 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="a small model, one round: a smoke run")
     args = ap.parse_args(argv)
     import lmblocks as lb
+    from lmblocks import ceilings
 
     shape = QUICK if args.quick else SHAPE
     rounds = 1 if args.quick else args.rounds
     prefills = (128,) if args.quick else (512, 2048)
     rec = {"utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-           "cpu": lb.cpu_info().get("model"), "shape": shape, "rounds": rounds, "threads": {}}
+           "cpu": lb.cpu_info().get("model"), "shape": shape, "rounds": rounds, "threads": {},
+           "command": "bench/ssm.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    print("measuring the machine's ceilings ...", flush=True)
+    ceil = ceilings.measure(threads=tuple(args.threads), quick=args.quick)
+    rec["ceilings"] = {k: {str(n): v for n, v in ceil[k].items()} for k in ("fma_gflops", "dram_read_gbs")}
     for n in args.threads:
         rec["threads"][str(n)] = bench_engines(shape, n, rounds, prefills, 8 if args.quick else 32)
         print(n, rec["threads"][str(n)], flush=True)
