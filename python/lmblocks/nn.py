@@ -334,7 +334,8 @@ class Mamba(_c.Mamba):
         out_proj = p.matrix("out_proj", (dim, di))
         ib = p.vector("in_bias", 2 * di, want=bias)
         ob = p.vector("out_bias", dim, want=bias)
-        dtn, bn, cn = (p.vector(n, m, 1.0, want=dt_norms) for n, m in (("dt_norm", dt_rank), ("b_norm", N), ("c_norm", N)))
+        dtn, bn, cn = (p.vector(n, m, 1.0, want=dt_norms)
+                       for n, m in (("dt_norm", dt_rank), ("b_norm", N), ("c_norm", N)))
         p.check_used()
         super().__init__(in_proj, conv_w, conv_b, x_proj, dt_proj, dt_b, a_log, d, out_proj, in_bias=ib, out_bias=ob,
                          dt_norm=dtn, b_norm=bn, c_norm=cn, norm_eps=float(norm_eps))

@@ -12,6 +12,12 @@ layers (``layer_types``: "mamba" / "attention") with Granite MoE's feed-forward 
   ``residual_multiplier`` before it is added, logits divided by ``logits_scaling``.
 
 Per layer: ``x += r * mixer(rms_norm(x))``, ``x += r * (moe(h) + shared_mlp(h))``, ``h = rms_norm(x)``.
+
+GGUF (llama.cpp's "granitehybrid"): attention layers are those with a non-zero ``head_count_kv`` entry;
+rope is on unless ``rope.scaling.finetuned`` is false (llama.cpp's converter writes false for every
+hybrid, as transformers' Granite 4.0-H configs say "nope"), with q/k rows in Meta's pair order; the
+shared MLP is ``ffn_{gate,up,down}_shexp`` (or ``ffn_{gate,up,down}`` without experts), gate and up
+split; Mamba2's A (as -exp(A_log)), D and norm weight are reshaped back (:func:`gguf_tensor`).
 """
 
 from __future__ import annotations
@@ -19,14 +25,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from ..io import FormatError
 from . import llama, mamba2
 from .bamba import BambaArgs
-from .base import Weights, check_positive_int, nn
+from .base import Weights, check_positive_int, gguf_config, nn, per_layer_kv_heads
 from .mixtral import _number_field, experts
 
 MODEL_TYPES = ("granitemoehybrid",)
-GGUF_ARCHS: tuple[str, ...] = ()
+GGUF_ARCHS = ("granitehybrid",)
+_SSM = "model.layers.{i}.mamba."
+_MOE = "model.layers.{i}.block_sparse_moe."
+_SHARED = "model.layers.{i}.shared_mlp."
+GGUF_OVERRIDES = {
+    "blk.{i}.ffn_gate_inp.weight": _MOE + "router.weight",
+    **{f"blk.{{i}}.ffn_{x}_exps.weight": f"{_MOE}experts.{x}_proj" for x in ("gate", "up", "down")},
+    # the shared MLP, or the only one: gate and up split (names of our own), down as Hugging Face's
+    **{f"blk.{{i}}.ffn_{x}{s}.weight": f"{_SHARED}{x}_proj.weight" for x in ("gate", "up") for s in ("", "_shexp")},
+    **{f"blk.{{i}}.ffn_down{s}.weight": _SHARED + "output_linear.weight" for s in ("", "_shexp")},
+    "blk.{i}.ssm_in.weight": _SSM + "in_proj.weight",
+    "blk.{i}.ssm_conv1d.weight": _SSM + "conv1d.weight",
+    "blk.{i}.ssm_conv1d.bias": _SSM + "conv1d.bias",
+    "blk.{i}.ssm_dt.bias": _SSM + "dt_bias",
+    "blk.{i}.ssm_a": _SSM + "A_log",
+    "blk.{i}.ssm_d": _SSM + "D",
+    "blk.{i}.ssm_norm.weight": _SSM + "norm.weight",
+    "blk.{i}.ssm_out.weight": _SSM + "out_proj.weight",
+}
 
 _MAMBA = ("mamba", "linear_attention")  # transformers 5 renames the Hub's "mamba" / "attention"
 _ATTENTION = ("attention", "full_attention")
@@ -79,13 +105,54 @@ class GraniteMoeHybridArgs(BambaArgs):
 ARGS = GraniteMoeHybridArgs
 
 
+def config_from_gguf(md: dict, where: str) -> dict:
+    a = "granitehybrid"
+    md, kv = per_layer_kv_heads(md, a, where)
+    cfg = gguf_config(md, a, "granitemoehybrid", where)
+    D, inner, H = cfg["hidden_size"], md.get(f"{a}.ssm.inner_size"), md.get(f"{a}.ssm.time_step_rank")
+    if not isinstance(inner, int) or inner % D or not isinstance(H, int) or H < 1 or inner % H:
+        raise FormatError(f"{where}: metadata {a}.ssm.inner_size {inner!r} and {a}.ssm.time_step_rank (SSM heads) "
+                          f"{H!r}; expected a multiple of {a}.embedding_length {D} divisible by the heads")
+    E = cfg.pop("num_experts", 0)
+    rope = bool(md.get(f"{a}.rope.scaling.finetuned", True))  # llama.cpp's switch for rope on this arch
+    cfg |= {"layer_types": ["attention" if n else "mamba" for n in kv], "num_local_experts": E,
+            "shared_intermediate_size": cfg.pop("shared_expert_intermediate_size", None) if E else
+            cfg["intermediate_size"],
+            "position_embedding_type": "rope" if rope else None, "rope_interleaved": rope,
+            "mamba_expand": inner // D, "mamba_n_heads": H, "mamba_d_head": inner // H,
+            "mamba_n_groups": md.get(f"{a}.ssm.group_count"), "mamba_d_state": md.get(f"{a}.ssm.state_size"),
+            "mamba_d_conv": md.get(f"{a}.ssm.conv_kernel")}
+    for key, name in (("embedding_scale", "embedding_multiplier"), ("residual_scale", "residual_multiplier"),
+                      ("attention.scale", "attention_multiplier"), ("logit_scale", "logits_scaling")):
+        if md.get(f"{a}.{key}") is not None:
+            cfg[name] = float(md[f"{a}.{key}"])
+    cfg.setdefault("attention_multiplier", cfg["head_dim"] ** -0.5)  # llama.cpp's default, not Granite's 1
+    return cfg
+
+
+def gguf_tensor(name: str, t):
+    """llama.cpp's converter stores A = -exp(A_log) and D as (H, 1), the norm weight as (G, d_inner / G)
+    and the conv weight without its middle axis of 1: give back the Hugging Face tensors."""
+    if name.endswith(".A_log"):
+        return np.log(-np.asarray(t, dtype=np.float32).reshape(-1))
+    if name.endswith("mamba.D") or name.endswith("mamba.norm.weight"):
+        return np.asarray(t).reshape(-1)
+    if name.endswith("conv1d.weight") and len(t.shape) == 2:
+        return np.asarray(t).reshape(t.shape[0], 1, t.shape[1])
+    return t
+
+
 def feed_forward(args: GraniteMoeHybridArgs, w: Weights, p: str):
     """The shared MLP under ``p + "shared_mlp."`` and, with experts, the MoE under ``p + "block_sparse_moe."``
     it is added to."""
     D, Fs, F, E = args.hidden_size, args.shared_intermediate_size, args.intermediate_size, args.num_local_experts
     s = p + "shared_mlp."
-    gate_up = w.take(s + "input_linear.weight", (2 * Fs, D))
-    shared = nn.MLP(gate_up[:Fs], gate_up[Fs:], w.take(s + "output_linear.weight", (D, Fs)), activation=args.hidden_act)
+    if w.has(s + "input_linear.weight"):
+        gate_up = w.take(s + "input_linear.weight", (2 * Fs, D))
+        gate, up = gate_up[:Fs], gate_up[Fs:]
+    else:  # GGUF
+        gate, up = w.take(s + "gate_proj.weight", (Fs, D)), w.take(s + "up_proj.weight", (Fs, D))
+    shared = nn.MLP(gate, up, w.take(s + "output_linear.weight", (D, Fs)), activation=args.hidden_act)
     if not E:
         return shared
     m = p + "block_sparse_moe."

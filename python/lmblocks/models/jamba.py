@@ -8,6 +8,10 @@ carry position), the Mamba mixer RMS-normalizes dt, B and C after ``x_proj`` (``
 ``b_layernorm``, ``c_layernorm``), and the router takes the top k of the softmax over all experts without
 renormalizing them (``nn.MoE(norm_topk=False)``).
 
+GGUF (llama.cpp's "jamba"): attention layers are those with a non-zero ``head_count_kv`` entry, MoE
+layers those with an ``ffn_gate_inp`` tensor (the file does not say otherwise); ``ssm_a`` holds
+-exp(A_log) and ``ssm_conv1d`` is stored squeezed, both undone at load (:func:`gguf_tensor`).
+
 Per layer: ``x += mixer(rms_norm(x))``, ``x += ffn(rms_norm(x))``.
 """
 
@@ -15,13 +19,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..io import FormatError
 from . import llama, mamba
-from .base import ModelArgs, Weights, check_positive_int, nn
+from .base import ModelArgs, Weights, check_positive_int, gguf_config, nn, per_layer_kv_heads
 from .mixtral import experts
 
 MODEL_TYPES = ("jamba",)
-GGUF_ARCHS: tuple[str, ...] = ()
+GGUF_ARCHS = ("jamba",)
+_FF = "model.layers.{i}.feed_forward."
+_SSM = "model.layers.{i}.mamba."
+GGUF_OVERRIDES = {
+    "output_norm.weight": "model.final_layernorm.weight",
+    "blk.{i}.ffn_norm.weight": "model.layers.{i}.pre_ff_layernorm.weight",
+    **{f"blk.{{i}}.ffn_{x}.weight": f"{_FF}{x}_proj.weight" for x in ("gate", "up", "down")},
+    "blk.{i}.ffn_gate_inp.weight": _FF + "router.weight",
+    **{f"blk.{{i}}.ffn_{x}_exps.weight": f"{_FF}experts.{x}_proj" for x in ("gate", "up", "down")},
+    "blk.{i}.ssm_in.weight": _SSM + "in_proj.weight",
+    "blk.{i}.ssm_conv1d.weight": _SSM + "conv1d.weight",
+    "blk.{i}.ssm_conv1d.bias": _SSM + "conv1d.bias",
+    "blk.{i}.ssm_x.weight": _SSM + "x_proj.weight",
+    "blk.{i}.ssm_dt.weight": _SSM + "dt_proj.weight",
+    "blk.{i}.ssm_dt.bias": _SSM + "dt_proj.bias",
+    "blk.{i}.ssm_dt_norm.weight": _SSM + "dt_layernorm.weight",
+    "blk.{i}.ssm_b_norm.weight": _SSM + "b_layernorm.weight",
+    "blk.{i}.ssm_c_norm.weight": _SSM + "c_layernorm.weight",
+    "blk.{i}.ssm_a": _SSM + "A_log",
+    "blk.{i}.ssm_d": _SSM + "D",
+    "blk.{i}.ssm_out.weight": _SSM + "out_proj.weight",
+}
 
 
 @dataclass
@@ -32,6 +59,8 @@ class JambaArgs(ModelArgs):
     expert_layer_offset: int = 1
     attn_layer_period: int = 8
     attn_layer_offset: int = 4
+    attn_layer_indices: list | None = None  # GGUF: read from head_count_kv; overrides period and offset
+    experts_by_tensor: bool = False  # GGUF: the layers with a router tensor have experts
     mamba_d_state: int = 16
     mamba_d_conv: int = 4
     mamba_expand: int = 2
@@ -51,6 +80,10 @@ class JambaArgs(ModelArgs):
         super().validate(where)
         for k in ("num_experts", "num_experts_per_tok", "expert_layer_period", "attn_layer_period"):
             check_positive_int(where, k, getattr(self, k))
+        idx = self.attn_layer_indices
+        if idx is not None and not (isinstance(idx, list) and all(
+                isinstance(i, int) and 0 <= i < self.num_hidden_layers for i in idx)):
+            raise FormatError(f"{where}: attention layers {idx!r}; expected indices in [0, {self.num_hidden_layers})")
         for k in ("expert_layer_offset", "attn_layer_offset"):
             v, period = getattr(self, k), getattr(self, k.replace("offset", "period"))
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < period:
@@ -67,18 +100,45 @@ class JambaArgs(ModelArgs):
         self.ssm.validate(where)
 
     def is_attention(self, i: int) -> bool:
+        if self.attn_layer_indices is not None:
+            return i in self.attn_layer_indices
         return i % self.attn_layer_period == self.attn_layer_offset
 
-    def has_experts(self, i: int) -> bool:
+    def has_experts(self, i: int, w: Weights) -> bool:
+        if self.experts_by_tensor:
+            return w.has(_FF.format(i=i) + "router.weight")
         return self.num_experts > 1 and i % self.expert_layer_period == self.expert_layer_offset
 
 
 ARGS = JambaArgs
 
 
+def config_from_gguf(md: dict, where: str) -> dict:
+    md, kv = per_layer_kv_heads(md, "jamba", where)
+    cfg = gguf_config(md, "jamba", "jamba", where)
+    D, inner = cfg["hidden_size"], md.get("jamba.ssm.inner_size")
+    if not isinstance(inner, int) or inner % D:
+        raise FormatError(f"{where}: metadata jamba.ssm.inner_size is {inner!r}; expected a multiple of "
+                          f"jamba.embedding_length {D}")
+    cfg |= {"attn_layer_indices": [i for i, n in enumerate(kv) if n], "experts_by_tensor": True,
+            "mamba_expand": inner // D, "mamba_d_state": md.get("jamba.ssm.state_size"),
+            "mamba_d_conv": md.get("jamba.ssm.conv_kernel"), "mamba_dt_rank": md.get("jamba.ssm.time_step_rank")}
+    return cfg
+
+
+def gguf_tensor(name: str, t):
+    """llama.cpp's converter stores A = -exp(A_log) and the conv weight without its middle axis of 1:
+    give back the Hugging Face tensors."""
+    if name.endswith(".A_log"):
+        return np.log(-np.asarray(t, dtype=np.float32))
+    if name.endswith("conv1d.weight") and len(t.shape) == 2:
+        return np.asarray(t).reshape(t.shape[0], 1, t.shape[1])
+    return t
+
+
 def feed_forward(args: JambaArgs, w: Weights, i: int, p: str):
     D, F = args.hidden_size, args.intermediate_size
-    if not args.has_experts(i):
+    if not args.has_experts(i, w):
         return nn.MLP(w.take(p + "gate_proj.weight", (F, D)), w.take(p + "up_proj.weight", (F, D)),
                       w.take(p + "down_proj.weight", (D, F)), activation=args.hidden_act)
     E = args.num_experts
