@@ -105,7 +105,7 @@ def test_states_after_prefill_equal_transformers_cache(tiny):
     name, ref, model, _ = tiny
     ids = np.random.default_rng(4).integers(0, V, 23)
     with torch.no_grad():
-        out = ref(torch.tensor([ids]), use_cache=True)
+        out = ref(torch.from_numpy(ids[None]), use_cache=True)
     hf = out.past_key_values
     cache = model.new_cache(1, 32)
     model.forward(cache, ids.astype(np.int32))
