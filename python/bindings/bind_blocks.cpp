@@ -58,7 +58,7 @@ void bind_blocks(py::module_ m) {
                        py::object o, py::object qb, py::object kb, py::object vb, py::object ob, py::object qn,
                        py::object kn, double rope_theta, int64_t rotary_dim, bool rope_interleaved,
                        const Scaling& sc, int64_t window, float scale, float softcap, float qk_norm_eps, float qk_norm_offset,
-                       bool causal) {
+                       bool causal, bool rope) {
              AttentionConfig c;
              c.n_heads = n_heads;
              c.n_kv_heads = n_kv_heads;
@@ -66,6 +66,7 @@ void bind_blocks(py::module_ m) {
              c.rope.theta = rope_theta;
              c.rope.rotary_dim = rotary_dim;
              c.rope.interleaved = rope_interleaved;
+             c.use_rope = rope;
              std::tie(c.rope.scaling, c.rope.factor, c.rope.low_freq_factor, c.rope.high_freq_factor,
                       c.rope.original_max_position) = sc;
              c.window = window;
@@ -88,8 +89,10 @@ void bind_blocks(py::module_ m) {
            py::arg("rope_interleaved") = false,
            py::arg("rope_scaling") = Scaling{"none", 1.0, 1.0, 4.0, 8192.0}, py::arg("window") = 0,
            py::arg("scale") = 0.f, py::arg("softcap") = 0.f, py::arg("qk_norm_eps") = 1e-6f, py::arg("qk_norm_offset") = 0.f,
-           py::arg("causal") = true)
+           py::arg("causal") = true, py::arg("rope") = true,
+           "rope False: no positional encoding (the rope_* settings are then ignored).")
       .def_property_readonly("n_heads", [](const Attention& a) { return a.cfg.n_heads; })
+      .def_property_readonly("rope", [](const Attention& a) { return a.cfg.use_rope; })
       .def_property_readonly("n_kv_heads", [](const Attention& a) { return a.cfg.n_kv_heads; })
       .def_property_readonly("head_dim", [](const Attention& a) { return a.cfg.head_dim; })
       .def_property_readonly("window", [](const Attention& a) { return a.cfg.window; })
@@ -175,7 +178,8 @@ void bind_blocks(py::module_ m) {
   py::class_<Mamba, Block, std::shared_ptr<Mamba>>(m, "Mamba")
       .def(py::init([](py::object in_proj, py::object conv_weight, py::object conv_bias, py::object x_proj,
                        py::object dt_proj, py::object dt_bias, py::object A_log, py::object D, py::object out_proj,
-                       py::object in_bias, py::object out_bias) {
+                       py::object in_bias, py::object out_bias, py::object dt_norm, py::object b_norm,
+                       py::object c_norm, float norm_eps) {
              const char* op = "Mamba";
              Tensor cw = to_tensor(conv_weight, op, "conv_weight");
              if (cw.ndim() == 3 && cw.dim(1) == 1) cw = cw.reshape({cw.dim(0), cw.dim(2)});
@@ -183,11 +187,18 @@ void bind_blocks(py::module_ m) {
                  to_tensor(in_proj, op, "in_proj"), cw, to_tensor_opt(conv_bias, op, "conv_bias"),
                  to_tensor(x_proj, op, "x_proj"), to_tensor(dt_proj, op, "dt_proj"), to_tensor(dt_bias, op, "dt_bias"),
                  to_tensor(A_log, op, "A_log"), to_tensor(D, op, "D"), to_tensor(out_proj, op, "out_proj"),
-                 to_tensor_opt(in_bias, op, "in_bias"), to_tensor_opt(out_bias, op, "out_bias"));
+                 to_tensor_opt(in_bias, op, "in_bias"), to_tensor_opt(out_bias, op, "out_bias"),
+                 to_tensor_opt(dt_norm, op, "dt_norm"), to_tensor_opt(b_norm, op, "b_norm"),
+                 to_tensor_opt(c_norm, op, "c_norm"), norm_eps);
            }),
            py::arg("in_proj"), py::arg("conv_weight"), py::arg("conv_bias"), py::arg("x_proj"), py::arg("dt_proj"),
            py::arg("dt_bias"), py::arg("A_log"), py::arg("D"), py::arg("out_proj"), py::arg("in_bias") = py::none(),
-           py::arg("out_bias") = py::none(), "conv_weight (d_inner, K) or transformers' (d_inner, 1, K).")
+           py::arg("out_bias") = py::none(), py::arg("dt_norm") = py::none(), py::arg("b_norm") = py::none(),
+           py::arg("c_norm") = py::none(), py::arg("norm_eps") = 1e-6f,
+           "conv_weight (d_inner, K) or transformers' (d_inner, 1, K). dt_norm (dt_rank,), b_norm and c_norm "
+           "(state_size,): Jamba's RMSNorms of dt, B and C after x_proj (all three or none).")
+      .def_property_readonly("normed", &Mamba::normed, "Whether dt, B and C are RMS-normalized (Jamba).")
+      .def_property_readonly("norm_eps", [](const Mamba& b) { return b.norm_eps; })
       .def_property_readonly("d_inner", &Mamba::d_inner)
       .def_property_readonly("state_size", &Mamba::state_size)
       .def_property_readonly("dt_rank", &Mamba::dt_rank)

@@ -182,15 +182,15 @@ class Attention(_c.Attention):
     q/k/v biases (Qwen 2), ``o_bias``: output bias. ``rope_scaling``: ``{"rope_type": "linear" | "llama3",
     "factor": ..., ...}`` as Hugging Face's. ``scale``: score scale (default 1/sqrt(head_dim));
     ``softcap``: Gemma 2's logit soft-capping. ``qk_norm_offset``: q/k norms scale by (offset + w), 1 for
-    Gemma. Weights: q_proj, k_proj, v_proj, o_proj, q_bias, k_bias,
-    v_bias, o_bias, q_norm, k_norm.
+    Gemma. ``rope=False``: no positional encoding at all (Jamba), the rope settings unused. Weights:
+    q_proj, k_proj, v_proj, o_proj, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm.
     """
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, head_dim: int | None = None, *,
                  bias: bool = False, o_bias: bool = False, qk_norm: str | None = None, qk_norm_eps: float = 1e-6,
                  qk_norm_offset: float = 0.0,
                  rope_theta: float = 10000.0, rotary_dim: int | None = None, rope_interleaved: bool = False,
-                 rope_scaling: Mapping | None = None, window: int = 0, causal: bool = True,
+                 rope_scaling: Mapping | None = None, rope: bool = True, window: int = 0, causal: bool = True,
                  scale: float | None = None, softcap: float = 0.0, weights: Mapping | None = None,
                  init: str = "normal", std: float = 0.02, dtype: str = "f32", rng=None):
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -228,7 +228,8 @@ class Attention(_c.Attention):
         super().__init__(H, Hkv, hd, q, k, v, o, qb, kb, vb, ob, qn, kn, rope_theta=float(rope_theta),
                          rotary_dim=int(rotary_dim or 0), rope_interleaved=bool(rope_interleaved),
                          rope_scaling=scaling, window=int(window), scale=float(scale or 0.0), softcap=float(softcap),
-                         qk_norm_eps=float(qk_norm_eps), qk_norm_offset=float(qk_norm_offset), causal=bool(causal))
+                         qk_norm_eps=float(qk_norm_eps), qk_norm_offset=float(qk_norm_offset), causal=bool(causal),
+                         rope=bool(rope))
 
 
 class MLP(_c.MLP):
@@ -309,11 +310,13 @@ class Mamba(_c.Mamba):
     per-token dt of rank ``dt_rank`` (default ceil(dim / 16)), B and C of ``state_size``, D skip and a
     SiLU gate. Conv window and SSM state live in the model's cache, constant in context length. Random
     init follows transformers' Mamba: A = -(1 .. state_size) per channel, D = 1, dt in [dt_init]
-    log-uniform. Weights: in_proj, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D,
-    out_proj, in_bias, out_bias."""
+    log-uniform. ``dt_norms=True``: Jamba's RMSNorms (eps ``norm_eps``) of dt, B and C after x_proj.
+    Weights: in_proj, conv_weight, conv_bias, x_proj, dt_proj, dt_bias, A_log, D, out_proj, in_bias,
+    out_bias, dt_norm, b_norm, c_norm."""
 
     def __init__(self, dim: int, *, state_size: int = 16, expand: int = 2, conv_kernel: int = 4,
                  dt_rank: int | None = None, bias: bool = False, conv_bias: bool = True, dt_init=(1e-3, 0.1),
+                 dt_norms: bool = False, norm_eps: float = 1e-6,
                  weights: Mapping | None = None, init: str = "normal", std: float = 0.02, dtype: str = "f32", rng=None):
         dt_rank = -(-dim // 16) if dt_rank is None else dt_rank
         _positive("Mamba", dim=dim, state_size=state_size, expand=expand, conv_kernel=conv_kernel, dt_rank=dt_rank)
@@ -331,8 +334,11 @@ class Mamba(_c.Mamba):
         out_proj = p.matrix("out_proj", (dim, di))
         ib = p.vector("in_bias", 2 * di, want=bias)
         ob = p.vector("out_bias", dim, want=bias)
+        dtn, bn, cn = (p.vector(n, m, 1.0, want=dt_norms)
+                       for n, m in (("dt_norm", dt_rank), ("b_norm", N), ("c_norm", N)))
         p.check_used()
-        super().__init__(in_proj, conv_w, conv_b, x_proj, dt_proj, dt_b, a_log, d, out_proj, in_bias=ib, out_bias=ob)
+        super().__init__(in_proj, conv_w, conv_b, x_proj, dt_proj, dt_b, a_log, d, out_proj, in_bias=ib, out_bias=ob,
+                         dt_norm=dtn, b_norm=bn, c_norm=cn, norm_eps=float(norm_eps))
 
 
 class Mamba2(_c.Mamba2):

@@ -60,6 +60,7 @@ def _block(b, path: str, w: _Writer) -> dict:
     elif kind == "Attention":
         spec |= {f: getattr(b, f) for f in _ATTN_FIELDS}
         spec["rope_scaling"] = list(b.rope_scaling)
+        spec["rope"] = b.rope
     elif kind == "MLP":
         spec["activation"] = b.activation
     elif kind == "MoE":
@@ -69,6 +70,9 @@ def _block(b, path: str, w: _Writer) -> dict:
     elif kind == "Mamba2":
         spec |= {f: getattr(b, f) for f in _MAMBA2_FIELDS}
         spec["dt_limit"] = list(b.dt_limit)
+    elif kind == "Mamba":
+        if b.normed:
+            spec["norm_eps"] = b.norm_eps
     elif kind == "Layer":
         spec |= {"parallel": b.parallel, "norm_after_add": b.norm_after_add, "residual_scale": b.residual_scale}
         for slot in ("mixer", "mlp", "attn_norm", "attn_post_norm", "mlp_norm", "mlp_post_norm"):
@@ -83,7 +87,7 @@ def _block(b, path: str, w: _Writer) -> dict:
             c = getattr(b, slot)
             if c is not None:
                 spec[slot] = _block(c, f"{path}.{slot}", w)
-    elif kind not in ("Linear", "Mamba"):  # these hold nothing but weights
+    elif kind != "Linear":  # it holds nothing but weights
         raise NotImplementedError(f"saving a {kind} block ({path}) is not supported yet")
     return spec
 
@@ -164,7 +168,7 @@ def _build(spec, r: _Reader, where: str):
             return nn.Attention(H, Hkv, hd, t["q_proj"], t["k_proj"], t["v_proj"], t["o_proj"],
                                 q_bias=t.get("q_bias"), k_bias=t.get("k_bias"), v_bias=t.get("v_bias"),
                                 o_bias=t.get("o_bias"), q_norm=t.get("q_norm"), k_norm=t.get("k_norm"),
-                                rope_scaling=tuple(sc), **kw)
+                                rope_scaling=tuple(sc), rope=_get(spec, "rope", bool, here, True), **kw)
         if kind == "MLP":
             return nn.MLP(t.get("gate_proj"), t["up_proj"], t["down_proj"], activation=_get(spec, "activation", str, here),
                           up_bias=t.get("up_bias"), down_bias=t.get("down_bias"), gate_bias=t.get("gate_bias"))
@@ -174,9 +178,10 @@ def _build(spec, r: _Reader, where: str):
             extra = {n: t[n] for n in ("router_bias", "selection_bias", "shared_gate") if n in t}
             return nn.MoE(t["router"], t.get("gate_proj"), t["up_proj"], t["down_proj"], shared=shared, **extra, **kw)
         if kind == "Mamba":
-            opt = {n: t.get(n) for n in ("conv_bias", "in_bias", "out_bias")}
-            return nn.Mamba(t["in_proj"], t["conv_weight"], opt["conv_bias"], t["x_proj"], t["dt_proj"], t["dt_bias"],
-                            t["A_log"], t["D"], t["out_proj"], in_bias=opt["in_bias"], out_bias=opt["out_bias"])
+            opt = {n: t.get(n) for n in ("conv_bias", "in_bias", "out_bias", "dt_norm", "b_norm", "c_norm")}
+            return nn.Mamba(t["in_proj"], t["conv_weight"], opt.pop("conv_bias"), t["x_proj"], t["dt_proj"],
+                            t["dt_bias"], t["A_log"], t["D"], t["out_proj"], **opt,
+                            norm_eps=_get(spec, "norm_eps", (int, float), here, 1e-6))
         if kind == "Mamba2":
             kw = {f: spec[f] for f in _MAMBA2_FIELDS if f in spec}
             lo, hi = _get(spec, "dt_limit", list, here)

@@ -55,6 +55,8 @@ def _describe(b) -> str:
         s = f"Attention {b.n_heads}/{b.n_kv_heads}x{b.head_dim}"
         if b.window:
             s += f" w{b.window}"
+        if not b.rope:
+            s += " nope"
         return s + ("" if b.causal else " bidir")
     if b.kind == "MLP":
         w = b.weights()

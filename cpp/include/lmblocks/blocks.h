@@ -115,6 +115,7 @@ class LayerNorm : public Block {
 struct AttentionConfig {
   int64_t n_heads = 0, n_kv_heads = 0, head_dim = 0;
   ops::Rope rope;
+  bool use_rope = true;  // false: no positional encoding at all (Jamba; Granite 4.0-H without rope)
   int64_t window = 0;   // sliding window: key j visible from position p when p - j < window; 0 = global
   bool causal = true;   // false: every token of a sequence's batch sees all of that batch and the cache
   float scale = 0.f;    // 0 means 1 / sqrt(head_dim)
@@ -125,7 +126,7 @@ struct AttentionConfig {
 
 // Causal self-attention over the KV cache: q/k/v projections (any weight dtype, optional bias),
 // optional RMSNorm of q and k, per head ((hd,) weights: Gemma 3, Qwen 3) or over all heads at once
-// ((H*hd,) and (Hkv*hd,) weights: OLMo 2, OLMoE), rope, GQA/MQA, output projection.
+// ((H*hd,) and (Hkv*hd,) weights: OLMo 2, OLMoE), rope (or none: cfg.use_rope), GQA/MQA, output projection.
 class Attention : public Block {
  public:
   Attention(const AttentionConfig& cfg, Tensor q_proj, Tensor k_proj, Tensor v_proj, Tensor o_proj,

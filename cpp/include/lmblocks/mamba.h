@@ -52,10 +52,13 @@ class Mamba2 : public Block {
 //   [dt_low | B | C] = x_proj(x);  dt = dt_proj(dt_low) (+ dt_bias inside the scan, then softplus);
 //   y = selective_scan(x, dt, A = -exp(A_log), B, C, D) * silu(z), state (d_inner, N) in the cache;
 //   out = out_proj(y).
+// Jamba's variant RMS-normalizes dt_low, B and C (each over its own width) right after x_proj: give
+// dt_norm, b_norm and c_norm (all three or none) and their eps.
 class Mamba : public Block {
  public:
   Mamba(Tensor in_proj, Tensor conv_weight, Tensor conv_bias, Tensor x_proj, Tensor dt_proj, Tensor dt_bias,
-        Tensor A_log, Tensor D, Tensor out_proj, Tensor in_bias = {}, Tensor out_bias = {});
+        Tensor A_log, Tensor D, Tensor out_proj, Tensor in_bias = {}, Tensor out_bias = {}, Tensor dt_norm = {},
+        Tensor b_norm = {}, Tensor c_norm = {}, float norm_eps = 1e-6f);
   Tensor forward(Context& ctx, const Tensor& x) override;
   std::vector<std::pair<std::string, Tensor>> weights() const override;
   std::string kind() const override { return "Mamba"; }
@@ -77,6 +80,10 @@ class Mamba : public Block {
   Tensor D;            // (d_inner,)
   Tensor out_proj;     // (D, d_inner)
   Tensor in_bias, out_bias;  // optional
+  Tensor dt_norm;      // (R,) optional, with b_norm and c_norm (N,) each (Jamba)
+  Tensor b_norm, c_norm;
+  float norm_eps = 1e-6f;
+  bool normed() const { return dt_norm.defined(); }
 
  private:
   Tensor A_;  // -exp(A_log), (d_inner, N) f32

@@ -96,6 +96,7 @@ Attention::Attention(const AttentionConfig& c, Tensor q, Tensor k, Tensor v, Ten
   check_vec(o_bias, D, "o_bias");
   check_vec(q_norm, q_norm.defined() && q_norm.numel() == H * hd ? H * hd : hd, "q_norm");
   check_vec(k_norm, k_norm.defined() && k_norm.numel() == Hkv * hd ? Hkv * hd : hd, "k_norm");
+  if (!cfg.use_rope) return;  // the rope settings are never read
   const int64_t rd = cfg.rope.rotary_dim == 0 ? hd : cfg.rope.rotary_dim;
   if (rd < 0 || rd > hd || rd % 2 != 0)
     throw ValueError("Attention: rotary_dim " + std::to_string(cfg.rope.rotary_dim) + " with head_dim " +
@@ -126,9 +127,11 @@ Tensor Attention::forward(Context& ctx, const Tensor& x) {
     Tensor kh = k_norm.dim(0) == hd ? k.view({N * Hkv, hd}) : k;
     ops::rms_norm(kh, k_norm, cfg.qk_norm_eps, cfg.qk_norm_offset, kh);
   }
-  const ops::RopeTable& rt = ctx.rope_table(cfg.rope, hd);
-  ops::rope_rows(rt, q.data<float>(), N, H, hd, H * hd);
-  ops::rope_rows(rt, k.data<float>(), N, Hkv, hd, Hkv * hd);
+  if (cfg.use_rope) {
+    const ops::RopeTable& rt = ctx.rope_table(cfg.rope, hd);
+    ops::rope_rows(rt, q.data<float>(), N, H, hd, H * hd);
+    ops::rope_rows(rt, k.data<float>(), N, Hkv, hd, Hkv * hd);
+  }
 
   // Append this batch's keys and values to the cache: position p of sequence s lives in slot p % C.
   KVCache::Layer& L = ctx.cache->layer(this);

@@ -148,10 +148,11 @@ std::vector<std::pair<std::string, Tensor>> Mamba2::weights() const {
 // ---- Mamba (v1) --------------------------------------------------------------------------------------
 
 Mamba::Mamba(Tensor ip, Tensor cw, Tensor cb, Tensor xp, Tensor dtp, Tensor dtb, Tensor al, Tensor d, Tensor op,
-             Tensor ib, Tensor ob)
+             Tensor ib, Tensor ob, Tensor dtn, Tensor bn, Tensor cn, float eps)
     : in_proj(std::move(ip)), conv_weight(std::move(cw)), conv_bias(std::move(cb)), x_proj(std::move(xp)),
       dt_proj(std::move(dtp)), dt_bias(std::move(dtb)), A_log(std::move(al)), D(std::move(d)),
-      out_proj(std::move(op)), in_bias(std::move(ib)), out_bias(std::move(ob)) {
+      out_proj(std::move(op)), in_bias(std::move(ib)), out_bias(std::move(ob)), dt_norm(std::move(dtn)),
+      b_norm(std::move(bn)), c_norm(std::move(cn)), norm_eps(eps) {
   const char* b = "Mamba";
   if (!A_log.defined() || A_log.ndim() != 2 || A_log.dim(0) < 1 || A_log.dim(1) < 1)
     throw ValueError("Mamba: A_log must be a 2-D (d_inner, state_size) tensor");
@@ -171,6 +172,14 @@ Mamba::Mamba(Tensor ip, Tensor cw, Tensor cb, Tensor xp, Tensor dtp, Tensor dtb,
   check_vec(D, di, "D", true, b);
   check_vec(in_bias, 2 * di, "in_bias", false, b);
   check_vec(out_bias, Dm, "out_bias", false, b);
+  if (dt_norm.defined() != b_norm.defined() || dt_norm.defined() != c_norm.defined())
+    throw ValueError("Mamba: dt_norm, b_norm and c_norm go together (Jamba); got " +
+                     std::string(dt_norm.defined() ? "dt_norm " : "") + (b_norm.defined() ? "b_norm " : "") +
+                     (c_norm.defined() ? "c_norm " : "") + "only");
+  check_vec(dt_norm, R, "dt_norm", false, b);
+  check_vec(b_norm, Ns, "b_norm", false, b);
+  check_vec(c_norm, Ns, "c_norm", false, b);
+  if (normed() && !(norm_eps > 0.f)) throw ValueError("Mamba: norm_eps must be > 0");
   conv_weight = f32(conv_weight).contiguous();
   conv_bias = f32(conv_bias);
   dt_bias = f32(dt_bias);
@@ -195,16 +204,21 @@ Tensor Mamba::forward(Context& ctx, const Tensor& x) {
                                         conv_bias, conv_state, true);
     std::memcpy(xs.data<float>() + run.begin * di, c.contiguous().raw(), size_t(run.n * di) * 4);
   }
-  const Tensor dbc = ops::linear(xs, x_proj);                   // (N, R + 2N)
-  const Tensor dt = ops::linear(dbc.slice(1, 0, R), dt_proj);  // (N, d_inner), bias added in the scan
+  const Tensor dbc = ops::linear(xs, x_proj);  // (N, R + 2N)
+  Tensor dt_low = dbc.slice(1, 0, R), Bm = dbc.slice(1, R, R + Ns), Cm = dbc.slice(1, R + Ns, R + 2 * Ns);
+  if (normed()) {  // Jamba: (N, R) (N, Ns) (N, Ns), each normalized over its own width
+    dt_low = ops::rms_norm(dt_low, dt_norm, norm_eps);
+    Bm = ops::rms_norm(Bm, b_norm, norm_eps);
+    Cm = ops::rms_norm(Cm, c_norm, norm_eps);
+  }
+  const Tensor dt = ops::linear(dt_low, dt_proj);  // (N, d_inner), bias added in the scan
   capture_point(ctx, *this, "dt", [&] { return step_sizes(dt, dt_bias, 0.f, 1e30f); });
   Tensor norms = wants_point(ctx, *this, "state_norm") ? Tensor::empty({N, di}) : Tensor();
   Tensor y = Tensor::empty({N, di});
   for (const Run& run : ctx.runs) {
     Tensor ssm_state = st[1].select(0, run.seq);
     auto scan = [&](int64_t a, int64_t e) {
-      return ops::selective_scan(xs.slice(0, a, e), dt.slice(0, a, e), A_, dbc.slice(0, a, e).slice(1, R, R + Ns),
-                                 dbc.slice(0, a, e).slice(1, R + Ns, R + 2 * Ns), D,
+      return ops::selective_scan(xs.slice(0, a, e), dt.slice(0, a, e), A_, Bm.slice(0, a, e), Cm.slice(0, a, e), D,
                                  xz.slice(0, a, e).slice(1, di, 2 * di), dt_bias, ssm_state, true);
     };
     const int64_t a = run.begin;
@@ -223,6 +237,7 @@ std::vector<std::pair<std::string, Tensor>> Mamba::weights() const {
                      {"out_proj", out_proj}});
   if (in_bias.defined()) w.emplace_back("in_bias", in_bias);
   if (out_bias.defined()) w.emplace_back("out_bias", out_bias);
+  if (normed()) w.insert(w.end(), {{"dt_norm", dt_norm}, {"b_norm", b_norm}, {"c_norm", c_norm}});
   return w;
 }
 

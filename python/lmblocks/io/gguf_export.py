@@ -142,6 +142,7 @@ def _llama(model, lm, layers):
         _check(a is not None and a.kind == "Attention", f"{p}'s mixer", "is not attention")
         _check(a.causal and not a.window and not a.softcap, f"{p}.attn", "is bidirectional, windowed or soft-capped")
         _check(a.scale in (0, a.head_dim ** -0.5), f"{p}.attn", "has a custom score scale")
+        _check(a.rope, f"{p}.attn", "has no rope")
         w = a.weights()
         _check("q_norm" not in w and "k_norm" not in w, f"{p}.attn", "has QK-norm")
         key = (a.n_heads, a.n_kv_heads, a.head_dim, a.rope_theta, a.rotary_dim, a.rope_scaling, a.rope_interleaved)

@@ -9,6 +9,7 @@ Per layer: ``x += mixer(rms_norm(x))``, ``x += mlp(rms_norm(x))``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..io import FormatError
 from . import llama, mamba2
@@ -32,6 +33,7 @@ class BambaArgs(ModelArgs):
     mamba_proj_bias: bool = False
     mlp_bias: bool = False
     time_step_limit: tuple = (0.0, float("inf"))
+    ROTARY_FRACTION: ClassVar[float] = 0.5  # the rotated part of each head when the config does not say
 
     @classmethod
     def from_config(cls, config: dict, where: str = "config"):
@@ -39,7 +41,7 @@ class BambaArgs(ModelArgs):
         if isinstance(config.get("time_step_limit"), list):
             config["time_step_limit"] = tuple(json_float(v) for v in config["time_step_limit"])
         if config.get("partial_rotary_factor") is None:  # transformers hard-codes 0.5 for Bamba
-            config["partial_rotary_factor"] = 0.5
+            config["partial_rotary_factor"] = cls.ROTARY_FRACTION
         return super().from_config(config, where)
 
     def validate(self, where: str) -> None:

@@ -287,3 +287,19 @@ def gguf_config(md: dict, arch: str, model_type: str, where: str) -> dict:
     if kind not in (None, "none"):
         cfg["rope_scaling"] = {"rope_type": kind, "factor": float(get("rope.scaling.factor", 1.0))}
     return cfg
+
+
+def per_layer_kv_heads(md: dict, arch: str, where: str) -> tuple[dict, list[int]]:
+    """``md`` with ``{arch}.attention.head_count_kv`` made one number (the attention layers' count), and
+    the per-layer counts (0: an SSM layer), as llama.cpp's hybrid files write them."""
+    key = f"{arch}.attention.head_count_kv"
+    kv = md.get(key)
+    L = md.get(f"{arch}.block_count")
+    if not isinstance(kv, (list, np.ndarray)):
+        raise FormatError(f"{where}: metadata {key} is {kv!r}; expected one count per layer (0 for SSM layers)")
+    per = [int(n) for n in kv]
+    if len(per) != L or len({n for n in per if n}) > 1:
+        raise FormatError(f"{where}: metadata {key} is {per}; expected {arch}.block_count = {L} entries, the "
+                          "non-zero ones equal")
+    H = md.get(f"{arch}.attention.head_count")
+    return {**md, key: max(per) or H}, per

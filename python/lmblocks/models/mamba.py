@@ -146,16 +146,22 @@ def backbone(args, w: Weights, mixer, progress=iter) -> "nn.CausalLM":
     return nn.CausalLM(embed, 1.0, layers, nn.RMSNorm(w.take("backbone.norm_f.weight", (D,)), eps=eps), head)
 
 
-def mixer(args: MambaArgs, w: Weights, p: str) -> "nn.Mamba":
+def mixer(args: MambaArgs, w: Weights, p: str, norms: bool = False) -> "nn.Mamba":
+    """The Mamba block under prefix ``p``; ``norms``: with Jamba's ``dt_layernorm``, ``b_layernorm`` and
+    ``c_layernorm`` (eps ``layer_norm_epsilon``)."""
     D, di, N, K, R = (args.hidden_size, args.intermediate_size, args.state_size, args.conv_kernel,
                       args.time_step_rank)
+    extra = {}
+    if norms:
+        extra = dict(dt_norm=w.take(p + "dt_layernorm.weight", (R,)), b_norm=w.take(p + "b_layernorm.weight", (N,)),
+                     c_norm=w.take(p + "c_layernorm.weight", (N,)), norm_eps=float(args.layer_norm_epsilon))
     return nn.Mamba(
         w.take(p + "in_proj.weight", (2 * di, D)), w.take(p + "conv1d.weight", (di, 1, K)),
         w.take(p + "conv1d.bias", (di,)) if args.use_conv_bias else None, w.take(p + "x_proj.weight", (R + 2 * N, di)),
         w.take(p + "dt_proj.weight", (di, R)), w.take(p + "dt_proj.bias", (di,)), w.take(p + "A_log", (di, N)),
         w.take(p + "D", (di,)), w.take(p + "out_proj.weight", (D, di)),
         in_bias=w.take(p + "in_proj.bias", (2 * di,)) if args.use_bias else None,
-        out_bias=w.take(p + "out_proj.bias", (D,)) if args.use_bias else None)
+        out_bias=w.take(p + "out_proj.bias", (D,)) if args.use_bias else None, **extra)
 
 
 def build(args: MambaArgs, w: Weights, progress=iter) -> "nn.CausalLM":
