@@ -195,6 +195,17 @@ def llama_cpp_greedy(path, prompts, n):
     return out
 
 
+def assert_llama_cpp_agrees(model, path, prompts, n, tol=1e-3, what=""):
+    """llama.cpp runs `path`: for each prompt its n greedy tokens are ours, and its logits along the way are
+    ours (teacher-forced on its tokens) within `tol` of their range. For exact-arithmetic files (f32 weights,
+    tiny random models): no near ties to excuse, unlike the quantized real models below."""
+    for ids, (toks, theirs) in zip(prompts, llama_cpp_greedy(path, prompts, n)):
+        ours = model.logits(list(ids) + toks)[len(ids) - 1:-1]
+        err = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+        assert err <= tol, f"{what}: logits differ from llama.cpp's by {err:.2g} of their range"
+        assert model.generate_ids(list(ids), n, stop_at_eos=False) == toks, what
+
+
 def test_llama_cpp_greedy_equals_ours(q4k):
     """llama.cpp runs the saved file; for each prompt, 16 greedy tokens.
 

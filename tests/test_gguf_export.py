@@ -9,7 +9,7 @@ import pytest
 import lmblocks as lb
 from lmblocks import nn
 
-from test_convert import llama_cpp_greedy  # imports llama_cpp: installed by make test
+from test_convert import assert_llama_cpp_agrees, llama_cpp_greedy  # imports llama_cpp: installed by make test
 
 D = 96
 
@@ -40,11 +40,10 @@ def test_composed_gguf_runs_in_llama_cpp_as_in_lmblocks(kind, tmp_path):
     back = lb.load(path, verbose=False, kv_dtype="f16")
     assert back.tokenizer is None  # written as llama.cpp's "no_vocab": ids only
     prompts = [np.random.default_rng(s).integers(0, 300, n).tolist() for s, n in ((1, 7), (2, 19))]
-    for ids, (toks, theirs) in zip(prompts, llama_cpp_greedy(path, prompts, 12)):
-        ours = model.logits(ids + toks)[len(ids) - 1:-1]
-        assert rel_err(ours, theirs) <= 1e-3, kind
-        assert model.generate_ids(ids, 12, stop_at_eos=False) == toks
-        np.testing.assert_allclose(back.logits(ids), model.logits(ids), atol=1e-4 * np.abs(ours).max())
+    assert_llama_cpp_agrees(model, path, prompts, 12, what=kind)
+    for ids in prompts:
+        want = model.logits(ids)
+        np.testing.assert_allclose(back.logits(ids), want, atol=1e-4 * np.abs(want).max())
 
 
 def test_composed_gguf_carries_the_tokenizer_it_was_built_with(tmp_path):

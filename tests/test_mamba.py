@@ -361,15 +361,11 @@ def test_gguf_logits_equal_transformers(ssm_gguf, T):
 def test_llama_cpp_runs_the_ssm_gguf_with_our_greedy_tokens(ssm_gguf):
     """llama.cpp's own Mamba/Mamba2 graph on the same file: the same greedy tokens, logits within 1e-3."""
     pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding (make llamacpp) is not installed")
-    from test_convert import llama_cpp_greedy
+    from test_convert import assert_llama_cpp_agrees
 
     name, _, path = ssm_gguf
-    model = lb.load(path, verbose=False)
     prompts = [np.random.default_rng(s).integers(3, V, n).tolist() for s, n in ((1, 5), (2, 40))]
-    for ids, (toks, theirs) in zip(prompts, llama_cpp_greedy(path, prompts, 12)):
-        ours = model.logits(ids + toks)[len(ids) - 1:-1]
-        assert model.generate_ids(ids, 12, stop_at_eos=False) == toks, name
-        assert rel_err(ours, theirs) <= 1e-3, name
+    assert_llama_cpp_agrees(lb.load(path, verbose=False), path, prompts, 12, what=name)
 
 
 def test_gguf_with_a_nonnegative_a_is_rejected(tmp_path):
@@ -396,11 +392,10 @@ def test_exported_ssm_gguf_runs_in_lmblocks_and_llama_cpp_as_loaded(ssm_gguf, tm
     ids = np.random.default_rng(11).integers(0, V, 40)
     # A passes through log and exp once more: equal to rounding
     np.testing.assert_allclose(again.logits(ids), model.logits(ids), rtol=0, atol=1e-6)
-    if pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding (make llamacpp) is not installed"):
-        from test_convert import llama_cpp_greedy
+    pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding (make llamacpp) is not installed")
+    from test_convert import assert_llama_cpp_agrees
 
-        (toks, _), = llama_cpp_greedy(tmp_path / "out.gguf", [ids.tolist()], 8)
-        assert model.generate_ids(ids.tolist(), 8, stop_at_eos=False) == toks, name
+    assert_llama_cpp_agrees(model, tmp_path / "out.gguf", [ids.tolist()], 8, what=name)
 
 
 def test_export_refuses_what_llama_cpp_mamba2_cannot_hold(tmp_path):

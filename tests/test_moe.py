@@ -592,12 +592,8 @@ def test_llama_cpp_runs_the_gguf_with_our_greedy_tokens(gguf, request):
     """llama.cpp loads the file we wrote; its greedy continuation equals ours, and its logits along the way
     equal ours (teacher-forced on its tokens) within 1e-3 of their range."""
     pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding (make llamacpp) is not installed")
-    from test_convert import llama_cpp_greedy
+    from test_convert import assert_llama_cpp_agrees
 
     _, path = request.getfixturevalue(gguf)
-    model = lb.load(path, verbose=False)
     prompts = [np.random.default_rng(s).integers(3, 300, n).tolist() for s, n in ((1, 9), (2, 23))]
-    for ids, (toks, theirs) in zip(prompts, llama_cpp_greedy(path, prompts, 16)):
-        forced = model.logits(ids + toks)[len(ids) - 1:-1]
-        assert rel_err(forced, theirs) <= 1e-3
-        assert model.generate_ids(ids, 16, stop_at_eos=False) == toks
+    assert_llama_cpp_agrees(lb.load(path, verbose=False), path, prompts, 16, what=gguf)
