@@ -142,17 +142,18 @@ void bind_blocks(py::module_ m) {
       .def(py::init([](int64_t n_heads, int64_t head_dim, int64_t n_groups, int64_t state_size, py::object in_proj,
                        py::object conv_weight, py::object conv_bias, py::object dt_bias, py::object A_log, py::object D,
                        py::object norm, py::object out_proj, py::object in_bias, py::object out_bias, int64_t chunk_size,
-                       float norm_eps, float dt_min, float dt_max) {
+                       float norm_eps, float dt_min, float dt_max, bool norm_before_gate) {
              const char* op = "Mamba2";
              Mamba2Config c;
              c.n_heads = n_heads, c.head_dim = head_dim, c.n_groups = n_groups, c.state_size = state_size;
              const Tensor cw = to_tensor(conv_weight, op, "conv_weight");
              c.conv_kernel = cw.ndim() == 2 ? cw.dim(1) : cw.ndim() == 3 ? cw.dim(2) : 0;
              c.chunk_size = chunk_size, c.norm_eps = norm_eps, c.dt_min = dt_min, c.dt_max = dt_max;
+             c.norm_before_gate = norm_before_gate;
              return std::make_shared<Mamba2>(
                  c, to_tensor(in_proj, op, "in_proj"), cw.ndim() == 3 ? cw.reshape({cw.dim(0), cw.dim(2)}) : cw,
                  to_tensor_opt(conv_bias, op, "conv_bias"), to_tensor(dt_bias, op, "dt_bias"),
-                 to_tensor(A_log, op, "A_log"), to_tensor(D, op, "D"), to_tensor(norm, op, "norm"),
+                 to_tensor(A_log, op, "A_log"), to_tensor(D, op, "D"), to_tensor_opt(norm, op, "norm"),
                  to_tensor(out_proj, op, "out_proj"), to_tensor_opt(in_bias, op, "in_bias"),
                  to_tensor_opt(out_bias, op, "out_bias"));
            }),
@@ -160,8 +161,9 @@ void bind_blocks(py::module_ m) {
            py::arg("conv_weight"), py::arg("conv_bias"), py::arg("dt_bias"), py::arg("A_log"), py::arg("D"),
            py::arg("norm"), py::arg("out_proj"), py::arg("in_bias") = py::none(), py::arg("out_bias") = py::none(),
            py::arg("chunk_size") = 256, py::arg("norm_eps") = 1e-5f, py::arg("dt_min") = 0.f,
-           py::arg("dt_max") = 1e30f,
-           "conv_weight (conv_dim, K) or transformers' (conv_dim, 1, K).")
+           py::arg("dt_max") = 1e30f, py::arg("norm_before_gate") = false,
+           "conv_weight (conv_dim, K) or transformers' (conv_dim, 1, K). norm None: out_proj(y * silu(z)); "
+           "norm_before_gate: out_proj(norm(y) * w * silu(z)) instead of out_proj(norm(y * silu(z)) * w).")
       .def_property_readonly("n_heads", [](const Mamba2& b) { return b.cfg.n_heads; })
       .def_property_readonly("head_dim", [](const Mamba2& b) { return b.cfg.head_dim; })
       .def_property_readonly("n_groups", [](const Mamba2& b) { return b.cfg.n_groups; })
@@ -170,6 +172,7 @@ void bind_blocks(py::module_ m) {
       .def_property_readonly("chunk_size", [](const Mamba2& b) { return b.cfg.chunk_size; })
       .def_property_readonly("norm_eps", [](const Mamba2& b) { return b.cfg.norm_eps; })
       .def_property_readonly("dt_limit", [](const Mamba2& b) { return py::make_tuple(b.cfg.dt_min, b.cfg.dt_max); })
+      .def_property_readonly("norm_before_gate", [](const Mamba2& b) { return b.cfg.norm_before_gate; })
       .def_property_readonly("d_inner", &Mamba2::d_inner);
 
   py::class_<Mamba, Block, std::shared_ptr<Mamba>>(m, "Mamba")
@@ -255,6 +258,12 @@ void bind_blocks(py::module_ m) {
         if (i < 0 || i >= n) throw IndexError("Sequential: index out of range");
         return s.blocks[size_t(i)];
       });
+
+  py::class_<Parallel, Block, std::shared_ptr<Parallel>>(m, "Parallel",
+                                                    "The sum of its blocks' outputs on one input.")
+      .def(py::init<std::vector<BlockPtr>>(), py::arg("blocks"))
+      .def_readonly("blocks", &Parallel::blocks)
+      .def("__len__", [](const Parallel& p) { return p.blocks.size(); });
 
   py::class_<KVCache, std::shared_ptr<KVCache>>(m, "KVCache")
       .def_property_readonly("n_seq", &KVCache::n_seq)

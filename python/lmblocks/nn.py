@@ -37,6 +37,7 @@ _c = _core.nn
 Block = _c.Block
 Sequential = _c.Sequential
 Residual = _c.Residual
+Parallel = _c.Parallel  # Parallel([a, b])(x) = a(x) + b(x): Falcon-H1's attention beside its Mamba2
 CausalLM = _c.CausalLM
 KVCache = _c.KVCache
 Hooks = _c.Hooks
@@ -342,12 +343,13 @@ class Mamba2(_c.Mamba2):
     tokens per chunk; 0 = the sequential recurrence); decode the one-step recurrence. Its conv window
     and SSM state live in the model's cache (``cache.states()``), constant in context length.
     Random init follows transformers' Mamba2: A = -(1 .. n_heads), D = 1, dt in [dt_init_min,
-    dt_init_max] log-uniform. Weights: in_proj, conv_weight, conv_bias, dt_bias, A_log, D, norm,
-    out_proj, in_bias, out_bias."""
+    dt_init_max] log-uniform. ``norm``: ``"gated"`` norm(y * silu(z)) * w (Mamba2), ``"before_gate"``
+    norm(y) * w * silu(z), ``"none"`` y * silu(z) (Falcon-H1's options). Weights: in_proj, conv_weight,
+    conv_bias, dt_bias, A_log, D, norm, out_proj, in_bias, out_bias."""
 
     def __init__(self, dim: int, n_heads: int | None = None, head_dim: int = 64, *, state_size: int = 128,
                  n_groups: int = 1, conv_kernel: int = 4, chunk_size: int = 256, expand: int = 2, bias: bool = False,
-                 conv_bias: bool = True, norm_eps: float = 1e-5, dt_limit=(0.0, float("inf")),
+                 conv_bias: bool = True, norm: str = "gated", norm_eps: float = 1e-5, dt_limit=(0.0, float("inf")),
                  dt_init=(1e-3, 0.1), weights: Mapping | None = None, init: str = "normal", std: float = 0.02,
                  dtype: str = "f32", rng=None):
         if n_heads is None:
@@ -358,6 +360,8 @@ class Mamba2(_c.Mamba2):
                   conv_kernel=conv_kernel)
         if n_heads % n_groups:
             raise ValueError(f"Mamba2: n_heads {n_heads} is not a multiple of n_groups {n_groups}")
+        if norm not in ("gated", "before_gate", "none"):
+            raise ValueError(f"Mamba2: norm must be 'gated', 'before_gate' or 'none', got {norm!r}")
         H, di = n_heads, n_heads * head_dim
         cd = di + 2 * n_groups * state_size
         p = _Params("Mamba2", weights, init, std, dtype, rng)
@@ -367,15 +371,15 @@ class Mamba2(_c.Mamba2):
         dt_b = _dt_bias(p, H, dt_init)
         a_log = p.given_or("A_log", (H,), lambda: np.log(np.arange(1, H + 1, dtype=np.float32)))
         d = p.vector("D", H, 1.0)
-        norm = p.vector("norm", di, 1.0)
+        norm_w = p.vector("norm", di, 1.0, want=norm != "none")
         out_proj = p.matrix("out_proj", (dim, di))
         ib = p.vector("in_bias", di + cd + H, want=bias)
         ob = p.vector("out_bias", dim, want=bias)
         p.check_used()
         lim_lo, lim_hi = dt_limit
-        super().__init__(H, head_dim, n_groups, state_size, in_proj, conv_w, conv_b, dt_b, a_log, d, norm, out_proj,
+        super().__init__(H, head_dim, n_groups, state_size, in_proj, conv_w, conv_b, dt_b, a_log, d, norm_w, out_proj,
                          in_bias=ib, out_bias=ob, chunk_size=chunk_size, norm_eps=norm_eps, dt_min=float(lim_lo),
-                         dt_max=float(min(lim_hi, 1e30)))
+                         dt_max=float(min(lim_hi, 1e30)), norm_before_gate=norm == "before_gate")
 
 
 def _norm(kind, dim: int, eps: float):
@@ -512,4 +516,4 @@ class Model(_LoadedModel):
 
 
 __all__ = ["seed", "as_dtype", "Embedding", "Linear", "RMSNorm", "LayerNorm", "Attention", "MLP", "MoE", "Mamba", "Mamba2", "Layer", "Stack",
-           "Model", "Block", "Sequential", "Residual", "CausalLM", "KVCache", "Hooks"]
+           "Model", "Block", "Sequential", "Residual", "Parallel", "CausalLM", "KVCache", "Hooks"]

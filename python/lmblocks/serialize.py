@@ -27,7 +27,7 @@ WEIGHTS = "model.safetensors"
 _ATTN_FIELDS = ("n_heads", "n_kv_heads", "head_dim", "rope_theta", "rotary_dim", "rope_interleaved", "window",
                 "causal", "scale", "softcap", "qk_norm_eps", "qk_norm_offset")
 _MOE_FIELDS = ("top_k", "scoring", "norm_topk", "activation", "routed_scale")
-_MAMBA2_FIELDS = ("n_heads", "head_dim", "n_groups", "state_size", "chunk_size", "norm_eps")
+_MAMBA2_FIELDS = ("n_heads", "head_dim", "n_groups", "state_size", "chunk_size", "norm_eps", "norm_before_gate")
 
 
 class _Writer:
@@ -78,6 +78,8 @@ def _block(b, path: str, w: _Writer) -> dict:
                 spec[slot] = _block(c, f"{path}.{name}", w)
     elif kind == "Sequential":
         spec["blocks"] = [_block(c, f"{path}.{i}", w) for i, c in enumerate(b.children)]
+    elif kind == "Parallel":
+        spec["blocks"] = [_block(c, f"{path}.{name}", w) for name, c in b.named_children]
     elif kind == "Residual":
         for slot in ("pre", "inner", "post"):
             c = getattr(b, slot)
@@ -180,10 +182,10 @@ def _build(spec, r: _Reader, where: str):
         if kind == "Mamba2":
             kw = {f: spec[f] for f in _MAMBA2_FIELDS if f in spec}
             lo, hi = _get(spec, "dt_limit", list, here)
-            opt = {n: t.get(n) for n in ("conv_bias", "in_bias", "out_bias")}
+            opt = {n: t.get(n) for n in ("conv_bias", "in_bias", "out_bias", "norm")}
             return nn.Mamba2(kw.pop("n_heads"), kw.pop("head_dim"), kw.pop("n_groups"), kw.pop("state_size"),
                              t["in_proj"], t["conv_weight"], opt["conv_bias"], t["dt_bias"], t["A_log"], t["D"],
-                             t["norm"], t["out_proj"], in_bias=opt["in_bias"], out_bias=opt["out_bias"],
+                             opt["norm"], t["out_proj"], in_bias=opt["in_bias"], out_bias=opt["out_bias"],
                              dt_min=lo, dt_max=hi, **kw)
         if kind == "Layer":
             slots = {s: _build(spec[s], r, f"{where}.{s}") if spec.get(s) else None
@@ -191,9 +193,9 @@ def _build(spec, r: _Reader, where: str):
             return nn.Layer(**slots, parallel=_get(spec, "parallel", bool, here),
                             norm_after_add=_get(spec, "norm_after_add", bool, here),
                             residual_scale=_get(spec, "residual_scale", num, here, 1.0))
-        if kind == "Sequential":
+        if kind in ("Sequential", "Parallel"):
             blocks = _get(spec, "blocks", list, here)
-            return nn.Sequential([_build(b, r, f"{where}.{i}") for i, b in enumerate(blocks)])
+            return getattr(nn, kind)([_build(b, r, f"{where}.{i}") for i, b in enumerate(blocks)])
         if kind == "Residual":
             return nn.Residual(*(_build(spec[s], r, f"{where}.{s}") if spec.get(s) else None
                                  for s in ("pre", "inner", "post")))

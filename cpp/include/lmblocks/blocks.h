@@ -233,6 +233,25 @@ class Sequential : public Block {
   std::vector<BlockPtr> blocks;
 };
 
+// The sum of its blocks' outputs on one input: Falcon-H1's attention and Mamba2 side by side; with an empty
+// Sequential (the identity) among them, x + f(x) as a new tensor. Every block maps the same features in to
+// the same features out and must not change its input in place (a Residual or a Layer does). Children are
+// named by role ("attn", "mamba") when the roles differ, else "0", "1", ...
+class Parallel : public Block {
+ public:
+  explicit Parallel(std::vector<BlockPtr> blocks);
+  Tensor forward(Context& ctx, const Tensor& x) override;
+  std::vector<std::pair<std::string, BlockPtr>> named_children() const override;
+  std::string kind() const override { return "Parallel"; }
+  std::string role() const override { return "mixer"; }
+  int64_t in_dim() const override { return in_; }
+  int64_t out_dim() const override { return out_; }
+  std::vector<BlockPtr> blocks;
+
+ private:
+  int64_t in_ = -1, out_ = -1;
+};
+
 // What a forward pass captures or replaces. A point of a block is "in" or "out" of any block, or one a
 // block offers itself (Attention: "probs"; MoE: "router", "experts", "expert_weights"). Captured values
 // are tensors whose first axis is the batch's tokens; a hook copies what it keeps.
