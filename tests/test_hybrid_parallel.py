@@ -136,3 +136,193 @@ def test_parallel_block_errors():
         nn.Parallel([])
     with pytest.raises(ValueError, match="Parallel: block 1 \\(MLP\\) takes 32 features but the blocks before it takes 16"):
         nn.Parallel([nn.MLP(16, 8), nn.MLP(32, 8)])
+
+
+# ---- Zamba2: Mamba2 layers and shared transformer blocks on [x | embeddings] ----------------------------------
+
+ZAMBA2 = {
+    # Two shared blocks over three hybrid layers (uses 0 and 2 share block 0), q/k/v adapters, tied head.
+    "two_blocks_attn_adapters": dict(num_mem_blocks=2, use_shared_attention_adapter=True, tie_word_embeddings=True,
+                                     layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "hybrid", "mamba"]),
+    # One shared block used twice, MLP adapters only, untied head, biases, silu, groups 2.
+    "one_block_bias": dict(num_mem_blocks=1, use_shared_attention_adapter=False, tie_word_embeddings=False,
+                           add_bias_linear=True, hidden_act="silu", mamba_ngroups=2,
+                           layers_block_type=["hybrid", "mamba", "mamba", "hybrid", "mamba", "mamba"]),
+}
+
+
+def zamba2_reference(name):
+    from transformers import Zamba2Config, Zamba2ForCausalLM
+
+    cfg = Zamba2Config(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=6, num_attention_heads=4,
+                       n_mamba_heads=4, mamba_d_state=8, chunk_size=16, adapter_rank=4, use_mem_rope=True,
+                       max_position_embeddings=512, **ZAMBA2[name])
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    return Zamba2ForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module", params=sorted(ZAMBA2))
+def zamba(request, tmp_path_factory):
+    ref = zamba2_reference(request.param)
+    return request.param, ref, saved_and_loaded(ref, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.mark.parametrize("T", [1, 7, 64, 300])
+def test_zamba2_logits_equal_transformers(zamba, T):
+    name, ref, model = zamba
+    ids = np.random.default_rng(T).integers(0, V, T)
+    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4, name
+
+
+def hf_shares(ref, i, k):
+    """Whether transformers' hybrid layers i and k hold one shared block (it ties them only when it ties the
+    embeddings too; else each layer keeps, and saves, its own copy)."""
+    a, b = (ref.model.layers[n].shared_transformer.self_attn.q_proj.weight for n in (i, k))
+    return a.data_ptr() == b.data_ptr()
+
+
+def test_zamba2_shared_weights_are_one_copy_with_a_cache_slot_per_use(zamba):
+    name, ref, model = zamba
+    hybrid, M = ref.config.hybrid_layer_ids, ref.config.num_mem_blocks
+    attn = [use_attention(model, i) for i in hybrid]  # each use's Attention
+    assert all(a.kind == "Attention" for a in attn)
+    assert any(hf_shares(ref, hybrid[j], hybrid[j % M]) for j in range(M, len(hybrid))) == ref.config.tie_word_embeddings
+    for j, a in enumerate(attn):
+        first = attn[j % M]
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            assert np.shares_memory(np.asarray(a.weights()[n]), np.asarray(first.weights()[n])) == \
+                hf_shares(ref, hybrid[j], hybrid[j % M]), (name, j, n)
+    if ref.config.use_shared_attention_adapter:  # adapters are per use
+        assert not np.shares_memory(np.asarray(attn[0].weights()["q_proj.lora_A"]),
+                                    np.asarray(attn[M].weights()["q_proj.lora_A"]))
+    cache = model.new_cache(1, 16)
+    assert len(cache) == len(hybrid)  # one KV slot per use
+    assert len(cache.states()) == ref.config.num_hidden_layers
+
+
+def test_zamba2_decode_equals_recompute(zamba):
+    _, _, model = zamba
+    assert_decode_equals_recompute(model, np.random.default_rng(9).integers(0, V, 40).astype(np.int32), 17)
+
+
+def test_zamba2_states_after_prefill_equal_transformers_cache(zamba):
+    name, ref, model = zamba
+    ids = np.random.default_rng(4).integers(0, V, 23)
+    with torch.no_grad():
+        out = ref(torch.tensor(ids[None]), use_cache=True)
+    cache = model.new_cache(1, 32)
+    model.forward(cache, ids.astype(np.int32))
+    for i, (path, (conv, ssm)) in enumerate(cache.states()):
+        assert path == f"layers.{i}.mamba"
+        want_ssm = out.past_key_values.get_recurrent_state(i, state_idx=0)[0].numpy()  # (H, P, N)
+        want_conv = out.past_key_values.get_conv_state(i, state_idx=0)[0].numpy()  # (conv_dim, K)
+        np.testing.assert_allclose(ssm[0], want_ssm, atol=1e-5 * np.abs(want_ssm).max(), err_msg=name)
+        np.testing.assert_allclose(conv[0], want_conv[:, 1:], atol=1e-5 * np.abs(want_conv).max(), err_msg=name)
+
+
+def use_attention(model, i):
+    """The Attention of hybrid layer i: Layer.attn_norm = Sequential([Parallel([identity, branch]), norm])."""
+    return model.lm.body[i].attn_norm[0].blocks[1][2]
+
+
+def test_zamba2_save_and_load_round_trip(zamba, tmp_path):
+    _, ref, model = zamba
+    ids = np.random.default_rng(11).integers(0, V, 50).astype(np.int32)
+    serialize.save(model, tmp_path / "lb")
+    again = lb.load(tmp_path / "lb")
+    np.testing.assert_array_equal(again.logits(ids), model.logits(ids))
+    # Shared weights were stored once and come back as one copy.
+    hybrid, M = ref.config.hybrid_layer_ids, ref.config.num_mem_blocks
+    for j in range(M, len(hybrid)):
+        a, first = use_attention(again, hybrid[j]), use_attention(again, hybrid[j % M])
+        assert np.shares_memory(np.asarray(a.weights()["q_proj"]), np.asarray(first.weights()["q_proj"])) == \
+            hf_shares(ref, hybrid[j], hybrid[j % M])
+
+
+def test_zamba2_config_errors(tmp_path):
+    folder = tmp_path / "hf"
+    zamba2_reference("two_blocks_attn_adapters").save_pretrained(folder)
+    with pytest.raises(FormatError, match="'use_mem_rope' is false"):
+        lb.load(_with_config(folder, tmp_path / "a", use_mem_rope=False), verbose=False)
+    with pytest.raises(FormatError, match="'layers_block_type' is"):
+        lb.load(_with_config(folder, tmp_path / "b", layers_block_type=["mamba", "hybrid"]), verbose=False)
+    with pytest.raises(FormatError, match=r"linear_q_adapter_list.0.0.weight' has shape \(4, 64\); the config implies \(8, 64\)"):
+        lb.load(_with_config(folder, tmp_path / "c", adapter_rank=8), verbose=False)
+
+
+# ---- the general pieces: low-rank adapters, ConcatEmbeddings ---------------------------------------------
+
+
+def test_low_rank_adapters_equal_the_folded_dense_projection(tmp_path):
+    from lmblocks import nn
+
+    D, F, r = 32, 48, 3
+    g = np.random.default_rng(0)
+    mat = lambda *s: (g.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
+    attn_w = {n: mat(D, D) for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    mlp_w = {"gate_proj": mat(F, D), "up_proj": mat(F, D), "down_proj": mat(D, F)}
+    lora = {n: (mat(r, w.shape[1]), mat(w.shape[0], r)) for n, w in {**attn_w, **mlp_w}.items()
+            if n in ("q_proj", "v_proj", "o_proj", "up_proj", "down_proj")}
+    emb = mat(V, D) * 5
+
+    def model(adapted):
+        def with_lora(ws):
+            if not adapted:  # W + B A: the same map as one dense matrix
+                return {n: w + lora[n][1] @ lora[n][0] if n in lora else w for n, w in ws.items()}
+            return ws | {f"{n}.lora_{x}": lora[n][k] for n in lora if n in ws for k, x in ((0, "A"), (1, "B"))}
+        names = lambda ws: [n for n in lora if n in ws] if adapted else []  # noqa: E731
+        attn = nn.Attention(D, 4, weights=with_lora(attn_w), adapters=names(attn_w), adapter_rank=r)
+        mlp = nn.MLP(D, F, weights=with_lora(mlp_w), adapters=names(mlp_w), adapter_rank=r)
+        return nn.Model(nn.Embedding(V, D, weight=emb), nn.Stack([nn.Layer(attn, mlp)]), nn.RMSNorm(D))
+
+    ids = np.random.default_rng(1).integers(0, V, 20).astype(np.int32)
+    lm, dense = model(True), model(False)
+    assert set(lm.lm.body[0].mixer.weights()) >= {"q_proj.lora_A", "q_proj.lora_B", "o_proj.lora_B"}
+    np.testing.assert_allclose(lm.logits(ids), dense.logits(ids), atol=2e-5 * np.abs(dense.logits(ids)).max())
+    lm.save(tmp_path / "lora")
+    np.testing.assert_array_equal(lb.load(tmp_path / "lora").logits(ids), lm.logits(ids))
+    # A fresh adapter (B = 0) changes nothing.
+    fresh = nn.Attention(D, 4, weights=attn_w, adapters=["q_proj"], adapter_rank=r)
+    assert not np.asarray(fresh.weights()["q_proj.lora_B"]).any()
+
+
+def test_low_rank_adapter_errors():
+    from lmblocks import nn
+
+    with pytest.raises(ValueError, match="Attention: no projection 'x_proj' to adapt"):
+        nn.Attention(32, 4, adapters=["x_proj"], adapter_rank=2)
+    with pytest.raises(ValueError, match="adapter_rank must be a positive integer"):
+        nn.MLP(32, 48, adapters=["up_proj"])
+    z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
+    with pytest.raises(ValueError, match=r"MLP: up_proj.lora_A has shape \(2, 31\); expected \(2, 32\)"):
+        lb._core.nn.MLP(z(48, 32), z(48, 32), z(32, 48), adapters={"up_proj": (z(2, 31), z(48, 2))})
+    with pytest.raises(ValueError, match=r"MLP: up_proj.lora_B has shape \(47, 2\); expected \(48, 2\)"):
+        lb._core.nn.MLP(z(48, 32), z(48, 32), z(32, 48), adapters={"up_proj": (z(2, 32), z(47, 2))})
+    with pytest.raises(ValueError, match="Attention: adapter q_proj must be a pair"):
+        lb._core.nn.Attention(4, 4, 8, z(32, 32), z(32, 32), z(32, 32), z(32, 32), adapters={"q_proj": (z(2, 32),)})
+
+
+def test_concat_embeddings_needs_the_models_width():
+    from lmblocks import nn
+
+    D = 16
+    branch = nn.Sequential([nn.ConcatEmbeddings(D, 8), nn.Linear(D + 8, D)])
+    layer = nn.Layer(nn.Mamba2(D, head_dim=8, state_size=4), attn_norm=nn.Sequential([nn.Parallel([nn.Sequential([]), branch]), nn.RMSNorm(D)]))
+    with pytest.raises(ValueError, match="ConcatEmbeddings block takes embeddings of 8 features but the embedding has D=16"):
+        nn.Model(nn.Embedding(V, D), nn.Stack([layer]), nn.RMSNorm(D))
+
+
+def test_zamba2_summary_counts_shared_weights_once(zamba):
+    name, ref, model = zamba
+    import re
+
+    s = model.summary(print_table=False)["totals"]
+    hybrid = ref.config.hybrid_layer_ids
+
+    def used(n):  # an untied layer also holds (unused) adapters of the other uses of its block
+        m = re.match(r"model\.layers\.(\d+)\..*_adapter_list\.(\d+)\.", n)
+        return not m or ref.config.tie_word_embeddings or hybrid.index(int(m[1])) == int(m[2])
+
+    # named_parameters lists a tied tensor once, as the summary should
+    assert s["params"] == sum(p.numel() for n, p in ref.named_parameters() if used(n)), name

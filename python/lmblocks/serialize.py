@@ -85,6 +85,8 @@ def _block(b, path: str, w: _Writer) -> dict:
             c = getattr(b, slot)
             if c is not None:
                 spec[slot] = _block(c, f"{path}.{slot}", w)
+    elif kind == "ConcatEmbeddings":
+        spec |= {"dim": b.dim, "embed_dim": b.embed_dim}
     elif kind not in ("Linear", "Mamba"):  # these hold nothing but weights
         raise NotImplementedError(f"saving a {kind} block ({path}) is not supported yet")
     return spec
@@ -149,6 +151,8 @@ def _build(spec, r: _Reader, where: str):
     if not isinstance(ws, dict):
         raise FormatError(f"{here}: field 'weights' must be an object")
     t = {n: r.tensor(v, f"{where}.{n}") for n, v in ws.items()}
+    # Low-rank adapters ("q_proj.lora_A" / "q_proj.lora_B") of an Attention or MLP, by projection.
+    adapters = {n[:-len(".lora_A")]: (t[n], t[n[:-len(".lora_A")] + ".lora_B"]) for n in t if n.endswith(".lora_A")}
     num = (int, float)
     try:
         if kind == "RMSNorm":
@@ -166,10 +170,13 @@ def _build(spec, r: _Reader, where: str):
             return nn.Attention(H, Hkv, hd, t["q_proj"], t["k_proj"], t["v_proj"], t["o_proj"],
                                 q_bias=t.get("q_bias"), k_bias=t.get("k_bias"), v_bias=t.get("v_bias"),
                                 o_bias=t.get("o_bias"), q_norm=t.get("q_norm"), k_norm=t.get("k_norm"),
-                                rope_scaling=tuple(sc), **kw)
+                                rope_scaling=tuple(sc), adapters=adapters, **kw)
         if kind == "MLP":
             return nn.MLP(t.get("gate_proj"), t["up_proj"], t["down_proj"], activation=_get(spec, "activation", str, here),
-                          up_bias=t.get("up_bias"), down_bias=t.get("down_bias"), gate_bias=t.get("gate_bias"))
+                          up_bias=t.get("up_bias"), down_bias=t.get("down_bias"), gate_bias=t.get("gate_bias"),
+                          adapters=adapters)
+        if kind == "ConcatEmbeddings":
+            return nn.ConcatEmbeddings(_get(spec, "dim", int, here), _get(spec, "embed_dim", int, here))
         if kind == "MoE":
             kw = {f: spec[f] for f in _MOE_FIELDS if f in spec}
             shared = _build(spec["shared"], r, where + ".shared") if spec.get("shared") else None
