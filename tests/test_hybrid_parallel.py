@@ -40,7 +40,7 @@ def falcon_reference(name):
     base = dict(vocab_size=V, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
                 num_key_value_heads=4, mamba_d_state=12, mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=16,
                 max_position_embeddings=512, rms_norm_eps=1e-5)
-    cfg = FalconH1Config(**{**base, **FALCON_H1[name]})
+    cfg = FalconH1Config(**{**base, **{**FALCON_H1, **FALCON_H1_GGUF}[name]})
     cfg._attn_implementation = "eager"
     torch.manual_seed(0)
     return FalconH1ForCausalLM(cfg).eval()
@@ -137,6 +137,102 @@ def test_parallel_block_errors():
     with pytest.raises(ValueError, match="Parallel: block 1 \\(MLP\\) takes 32 features but the blocks before it takes 16"):
         nn.Parallel([nn.MLP(16, 8), nn.MLP(32, 8)])
 
+
+
+# ---- Falcon-H1 as llama.cpp's "falcon-h1" GGUF -----------------------------------------------------------
+
+# What llama.cpp's graph computes: the mamba norm (if any) after the gate, no projector or o_proj biases.
+FALCON_H1_GGUF = {
+    "gguf_norm": dict(FALCON_H1["norm_after_gate"], mamba_conv_bias=True, **_MULTIPLIERS),
+    "gguf_no_norm": dict(FALCON_H1["no_norm_d_ssm_biases"], mamba_proj_bias=False, projectors_bias=False,
+                         attention_bias=False, mlp_bias=False),
+}
+
+
+def write_falcon_h1_gguf(ref, path):
+    """transformers' model as llama.cpp's converter writes it (conversion/falcon_h1.py, mamba.py): every
+    multiplier folded into its weight (mup_vector from transformers' compute_mup_vector), A = -exp(A_log),
+    D as (H, 1), the conv squeezed to (conv_dim, K), the mamba norm as (groups, d / groups); float32."""
+    from test_moe import _spm_vocab
+    from transformers.models.falcon_h1.modeling_falcon_h1 import compute_mup_vector
+
+    from lmblocks.io.gguf_writer import write_gguf
+
+    c, arch = ref.config, "falcon-h1"
+    sd = {k: v.detach().float().numpy() for k, v in ref.state_dict().items()}
+    mup = compute_mup_vector(c)[0, 0].numpy()
+    u32 = [("context_length", c.max_position_embeddings), ("embedding_length", c.hidden_size),
+           ("block_count", c.num_hidden_layers), ("feed_forward_length", c.intermediate_size),
+           ("attention.head_count", c.num_attention_heads), ("attention.head_count_kv", c.num_key_value_heads),
+           ("attention.key_length", c.hidden_size // c.num_attention_heads),
+           ("attention.value_length", c.hidden_size // c.num_attention_heads),
+           ("ssm.conv_kernel", c.mamba_d_conv), ("ssm.inner_size", c.mamba_d_ssm), ("ssm.state_size", c.mamba_d_state),
+           ("ssm.time_step_rank", c.mamba_n_heads), ("ssm.group_count", c.mamba_n_groups)]
+    md = [("general.architecture", "string", arch), ("general.name", "string", "tiny-falcon-h1"),
+          *[(f"{arch}.{k}", "uint32", v) for k, v in u32],
+          (f"{arch}.rope.freq_base", "float32", c.rope_parameters["rope_theta"]),
+          (f"{arch}.attention.layer_norm_rms_epsilon", "float32", c.rms_norm_eps), *_spm_vocab(c.vocab_size)]
+    g, d = c.mlp_multipliers
+    tensors = [("token_embd.weight", sd["model.embed_tokens.weight"] * c.embedding_multiplier),
+               ("output_norm.weight", sd["model.final_layernorm.weight"]),
+               ("output.weight", sd["lm_head.weight"] * c.lm_head_multiplier)]
+    for i in range(c.num_hidden_layers):
+        p, b, m = f"model.layers.{i}.", f"blk.{i}.", f"model.layers.{i}.mamba."
+        a_in = c.attention_in_multiplier
+        tensors += [
+            (b + "attn_norm.weight", sd[p + "input_layernorm.weight"]),
+            (b + "attn_q.weight", sd[p + "self_attn.q_proj.weight"] * a_in),
+            (b + "attn_k.weight", sd[p + "self_attn.k_proj.weight"] * a_in * c.key_multiplier),
+            (b + "attn_v.weight", sd[p + "self_attn.v_proj.weight"] * a_in),
+            (b + "attn_output.weight", sd[p + "self_attn.o_proj.weight"] * c.attention_out_multiplier),
+            (b + "ssm_in.weight", sd[m + "in_proj.weight"] * c.ssm_in_multiplier * mup[:, None]),
+            (b + "ssm_conv1d.weight", sd[m + "conv1d.weight"][:, 0, :]),
+            (b + "ssm_conv1d.bias", sd[m + "conv1d.bias"]),
+            (b + "ssm_dt.bias", sd[m + "dt_bias"]),
+            (b + "ssm_a", -np.exp(sd[m + "A_log"])[:, None]),
+            (b + "ssm_d", sd[m + "D"][:, None]),
+            (b + "ssm_out.weight", sd[m + "out_proj.weight"] * c.ssm_out_multiplier),
+            (b + "ffn_norm", sd[p + "pre_ff_layernorm.weight"]),  # no ".weight": llama.cpp's falcon-h1 name
+            (b + "ffn_gate.weight", sd[p + "feed_forward.gate_proj.weight"] * g),
+            (b + "ffn_up.weight", sd[p + "feed_forward.up_proj.weight"]),
+            (b + "ffn_down.weight", sd[p + "feed_forward.down_proj.weight"] * d)]
+        if c.mamba_rms_norm:
+            tensors.append((b + "ssm_norm.weight", sd[m + "norm.weight"].reshape(c.mamba_n_groups, -1)))
+    write_gguf(path, md, [(n, np.ascontiguousarray(t, np.float32)) for n, t in tensors])
+
+
+@pytest.fixture(scope="module", params=sorted(FALCON_H1_GGUF))
+def falcon_gguf(request, tmp_path_factory):
+    ref = falcon_reference(request.param)
+    randomize(ref)
+    path = tmp_path_factory.mktemp(request.param) / "tiny-falcon-h1.gguf"
+    write_falcon_h1_gguf(ref, path)
+    return ref, path
+
+
+@pytest.mark.parametrize("T", [7, 300])
+def test_falcon_h1_gguf_logits_equal_transformers(falcon_gguf, T):
+    ref, path = falcon_gguf
+    model = lb.load(path, verbose=False)
+    assert model.args.model_type == "falcon_h1"
+    assert ("norm" in model.lm.body[0].mixer.blocks[0].weights()) == ref.config.mamba_rms_norm
+    ids = np.random.default_rng(T).integers(0, V, T)
+    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4
+
+
+def test_llama_cpp_runs_the_falcon_h1_gguf_with_our_greedy_tokens(falcon_gguf):
+    """llama.cpp loads the file; its greedy continuation equals ours, and its logits along the way equal
+    ours (teacher-forced on its tokens) within 1e-3 of their range."""
+    pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding (make llamacpp) is not installed")
+    from test_convert import llama_cpp_greedy
+
+    _, path = falcon_gguf
+    model = lb.load(path, verbose=False)
+    prompts = [np.random.default_rng(s).integers(3, V, n).tolist() for s, n in ((1, 9), (2, 23))]
+    for ids, (toks, theirs) in zip(prompts, llama_cpp_greedy(path, prompts, 16)):
+        forced = model.logits(ids + toks)[len(ids) - 1:-1]
+        assert rel_err(forced, theirs) <= 1e-3
+        assert model.generate_ids(ids, 16, stop_at_eos=False) == toks
 
 # ---- Zamba2: Mamba2 layers and shared transformer blocks on [x | embeddings] ----------------------------------
 

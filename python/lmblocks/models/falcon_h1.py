@@ -25,10 +25,28 @@ import numpy as np
 
 from ..io import FormatError
 from . import llama
-from .base import ModelArgs, Weights, check_positive_int, json_float, nn, rope_kwargs
+from .base import ModelArgs, Weights, check_positive_int, gguf_config, json_float, nn, rope_kwargs
 
 MODEL_TYPES = ("falcon_h1",)
-GGUF_ARCHS: tuple[str, ...] = ()
+GGUF_ARCHS = ("falcon-h1",)
+# llama.cpp's "falcon-h1" names. Its converter folds every multiplier into the weights (as build does),
+# stores A = -exp(A_log), D as (H, 1), the conv as (conv_dim, K) and the mamba norm as (groups, d / groups):
+# gguf_tensor gives back transformers' tensors.
+GGUF_OVERRIDES = {
+    "output_norm.weight": "model.final_layernorm.weight",
+    "blk.{i}.ffn_norm.weight": "model.layers.{i}.pre_ff_layernorm.weight",
+    "blk.{i}.ffn_norm": "model.layers.{i}.pre_ff_layernorm.weight",  # the name llama.cpp's falcon-h1 loader reads
+    **{f"blk.{{i}}.ffn_{x}.{k}": f"model.layers.{{i}}.feed_forward.{x}_proj.{k}"
+       for x in ("gate", "up", "down") for k in ("weight", "bias")},
+    "blk.{i}.ssm_in.weight": "model.layers.{i}.mamba.in_proj.weight",
+    "blk.{i}.ssm_conv1d.weight": "model.layers.{i}.mamba.conv1d.weight",
+    "blk.{i}.ssm_conv1d.bias": "model.layers.{i}.mamba.conv1d.bias",
+    "blk.{i}.ssm_dt.bias": "model.layers.{i}.mamba.dt_bias",
+    "blk.{i}.ssm_a": "model.layers.{i}.mamba.A_log",
+    "blk.{i}.ssm_d": "model.layers.{i}.mamba.D",
+    "blk.{i}.ssm_norm.weight": "model.layers.{i}.mamba.norm.weight",
+    "blk.{i}.ssm_out.weight": "model.layers.{i}.mamba.out_proj.weight",
+}
 
 
 @dataclass
@@ -46,7 +64,7 @@ class FalconH1Args(ModelArgs):
     mamba_conv_bias: bool = True
     mamba_proj_bias: bool = False
     mamba_norm_before_gate: bool = True
-    mamba_rms_norm: bool = False
+    mamba_rms_norm: bool | str = False  # "auto" (GGUF): when the file has the norm weights
     projectors_bias: bool = False
     time_step_limit: tuple = (0.0, float("inf"))
     embedding_multiplier: float = 1.0
@@ -83,6 +101,8 @@ class FalconH1Args(ModelArgs):
         if self.mamba_n_heads % self.mamba_n_groups:
             raise FormatError(f"{where}: mamba_n_heads {self.mamba_n_heads} is not a multiple of mamba_n_groups "
                               f"{self.mamba_n_groups}")
+        if self.mamba_rms_norm not in (True, False, "auto"):
+            raise FormatError(f"{where}: field 'mamba_rms_norm' is {self.mamba_rms_norm!r}; expected true or false")
         if self.hidden_act != "silu":  # the mixer's conv uses hidden_act too; the native conv is silu
             raise FormatError(f"{where}: field 'hidden_act' is {self.hidden_act!r}; Falcon-H1 supports 'silu'")
         if isinstance(self.mamba_chunk_size, bool) or not isinstance(self.mamba_chunk_size, int) or self.mamba_chunk_size < 0:
@@ -112,6 +132,33 @@ def _finite(v) -> bool:
 
 
 ARGS = FalconH1Args
+
+
+def config_from_gguf(md: dict, where: str) -> dict:
+    """transformers' config from llama.cpp's metadata: what its falcon-h1 graph computes (the mamba norm,
+    when present, after the gate; no in_proj bias; multipliers already in the weights)."""
+    cfg = gguf_config(md, "falcon-h1", "falcon_h1", where)
+    for key, name in (("ssm.inner_size", "mamba_d_ssm"), ("ssm.state_size", "mamba_d_state"),
+                      ("ssm.conv_kernel", "mamba_d_conv"), ("ssm.time_step_rank", "mamba_n_heads"),
+                      ("ssm.group_count", "mamba_n_groups")):
+        v = md.get(f"falcon-h1.{key}")
+        if v is None:
+            raise FormatError(f"{where}: metadata falcon-h1.{key} is missing")
+        cfg[name] = v
+    cfg.update(mamba_rms_norm="auto", mamba_norm_before_gate=False, mamba_proj_bias=False, projectors_bias=False,
+               mamba_conv_bias=True)
+    return cfg
+
+
+def gguf_tensor(name: str, t):
+    """transformers' layout of llama.cpp's Mamba2 tensors (see GGUF_OVERRIDES)."""
+    if name.endswith("mamba.A_log"):
+        return np.log(-np.asarray(t, np.float32).reshape(-1))
+    if name.endswith(("mamba.D", "mamba.norm.weight")):
+        return np.asarray(t, np.float32).reshape(-1)
+    if name.endswith("mamba.conv1d.weight"):
+        return np.asarray(t, np.float32).reshape(t.shape[0], 1, t.shape[-1])
+    return t
 
 
 def scaled(t, s):
@@ -160,7 +207,7 @@ def mixer(args: FalconH1Args, w: Weights, p: str) -> "nn.Mamba2":
         H, P, G, N, scaled(w.take(m + "in_proj.weight", (di + cd + H, D)), mup * args.ssm_in_multiplier),
         w.take(m + "conv1d.weight", (cd, 1, K)), w.take(m + "conv1d.bias", (cd,)) if args.mamba_conv_bias else None,
         w.take(m + "dt_bias", (H,)), w.take(m + "A_log", (H,)), w.take(m + "D", (H,)),
-        w.take(m + "norm.weight", (di,)) if args.mamba_rms_norm else None,
+        w.take(m + "norm.weight", (di,), optional=args.mamba_rms_norm == "auto") if args.mamba_rms_norm else None,
         scaled(w.take(m + "out_proj.weight", (D, di)), out),
         in_bias=scaled(w.take(m + "in_proj.bias", (di + cd + H,)), mup) if args.mamba_proj_bias else None,
         out_bias=scaled(w.take(m + "out_proj.bias", (D,)), out) if args.projectors_bias else None,
@@ -171,7 +218,7 @@ def mixer(args: FalconH1Args, w: Weights, p: str) -> "nn.Mamba2":
 def mlp(args: FalconH1Args, w: Weights, p: str) -> "nn.MLP":
     D, F = args.hidden_size, args.intermediate_size
     f, (m_gate, m_down) = p + "feed_forward.", args.mlp_multipliers
-    bias = lambda n, k: w.take(f + n + ".bias", (k,)) if args.mlp_bias else None  # noqa: E731
+    bias = lambda n, k: w.take(f + n + ".bias", (k,), optional=not args.mlp_bias)  # noqa: E731
     return nn.MLP(scaled(w.take(f + "gate_proj.weight", (F, D)), m_gate), w.take(f + "up_proj.weight", (F, D)),
                   scaled(w.take(f + "down_proj.weight", (D, F)), m_down), activation=args.hidden_act,
                   gate_bias=scaled(bias("gate_proj", F), m_gate), up_bias=bias("up_proj", F),
