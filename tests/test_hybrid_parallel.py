@@ -422,3 +422,13 @@ def test_zamba2_summary_counts_shared_weights_once(zamba):
 
     # named_parameters lists a tied tensor once, as the summary should
     assert s["params"] == sum(p.numel() for n, p in ref.named_parameters() if used(n)), name
+
+
+def test_mamba2_norm_options():
+    from lmblocks import nn
+
+    assert "norm" not in nn.Mamba2(32, 4, 16, state_size=8, norm="none").weights()
+    b = nn.Mamba2(32, 4, 16, state_size=8, norm="before_gate")
+    assert b.norm_before_gate and b.weights()["norm"].shape == (64,)
+    with pytest.raises(ValueError, match="Mamba2: norm must be 'gated', 'before_gate' or 'none', got 'after'"):
+        nn.Mamba2(32, 4, 16, norm="after")

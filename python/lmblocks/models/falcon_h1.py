@@ -150,14 +150,22 @@ def config_from_gguf(md: dict, where: str) -> dict:
     return cfg
 
 
+def _f32(t) -> np.ndarray:
+    """A small tensor as float32 values, whatever its type (a quantizer may have turned a 2-D one into blocks)."""
+    from ..quant import dequantize
+
+    return np.asarray(t, np.float32) if str(t.dtype) in ("f32", "f16", "bf16", "float32", "float16") \
+        else np.asarray(dequantize(t), np.float32)
+
+
 def gguf_tensor(name: str, t):
     """transformers' layout of llama.cpp's Mamba2 tensors (see GGUF_OVERRIDES)."""
     if name.endswith("mamba.A_log"):
-        return np.log(-np.asarray(t, np.float32).reshape(-1))
+        return np.log(-_f32(t).reshape(-1))
     if name.endswith(("mamba.D", "mamba.norm.weight")):
-        return np.asarray(t, np.float32).reshape(-1)
+        return _f32(t).reshape(-1)
     if name.endswith("mamba.conv1d.weight"):
-        return np.asarray(t, np.float32).reshape(t.shape[0], 1, t.shape[-1])
+        return _f32(t).reshape(t.shape[0], 1, t.shape[-1])
     return t
 
 
