@@ -432,3 +432,13 @@ def test_mamba2_norm_options():
     assert b.norm_before_gate and b.weights()["norm"].shape == (64,)
     with pytest.raises(ValueError, match="Mamba2: norm must be 'gated', 'before_gate' or 'none', got 'after'"):
         nn.Mamba2(32, 4, 16, norm="after")
+
+
+def test_gguf_export_refuses_adapters_it_would_drop(tmp_path):
+    from lmblocks import nn
+
+    D = 32
+    layer = nn.Layer(nn.Attention(D, 4, adapters=["q_proj"], adapter_rank=2), nn.MLP(D, 64))
+    model = nn.Model(nn.Embedding(V, D), nn.Stack([layer]), nn.RMSNorm(D))
+    with pytest.raises(NotImplementedError, match="layers.0.attn has low-rank adapters"):
+        model.save(tmp_path / "m.gguf")

@@ -73,6 +73,7 @@ def export(model, path: str | os.PathLike) -> None:
         _check(a.scale in (0, a.head_dim ** -0.5), f"{p}.attn", "has a custom score scale")
         w = a.weights()
         _check("q_norm" not in w and "k_norm" not in w, f"{p}.attn", "has QK-norm")
+        _check(not any(".lora_" in k for k in w), f"{p}.attn", "has low-rank adapters (fold B A into the weights)")
         key = (a.n_heads, a.n_kv_heads, a.head_dim, a.rope_theta, a.rotary_dim, a.rope_scaling, a.rope_interleaved)
         _check(a.rope_scaling[0] in ("none", "linear"), f"{p}.attn", "uses llama3 rope scaling (llama.cpp "
                "reads that from a rope_freqs tensor)")
@@ -95,6 +96,7 @@ def export(model, path: str | os.PathLike) -> None:
         _check(m is not None and m.kind in ("MLP", "MoE"), f"{p}'s MLP", "is missing or not an MLP/MoE")
         _check(m.gated and m.activation == "silu", f"{p}.{m.role}", "is not a gated SiLU MLP")
         mw = m.weights()
+        _check(not any(".lora_" in k for k in mw), f"{p}.{m.role}", "has low-rank adapters (fold B A into the weights)")
         if m.kind == "MLP":
             _check(moe0 is None, p, "is dense while earlier layers have experts")
             _check(not any(k.endswith("bias") for k in mw), f"{p}.mlp", "has biases")
