@@ -24,10 +24,11 @@ FALCON_H1 = {
     "no_norm_d_ssm_biases": dict(mamba_d_ssm=64, mamba_n_heads=8, mamba_n_groups=2, mamba_rms_norm=False,
                                  mamba_proj_bias=True, projectors_bias=True, attention_bias=True, mlp_bias=True,
                                  tie_word_embeddings=False, **_MULTIPLIERS),
-    # Gated RMSNorm, norm before the gate (Falcon-H1's default when the norm is on), tied head, GQA.
+    # Gated RMSNorm, norm before the gate (Falcon-H1's default when the norm is on), tied head, GQA, and
+    # head_dim not hidden_size / heads (as Falcon-H1-0.5B: 64 with 1024 / 8).
     "norm_before_gate_tied": dict(mamba_d_ssm=None, mamba_n_heads=6, mamba_n_groups=3, mamba_rms_norm=True,
                                   mamba_norm_before_gate=True, tie_word_embeddings=True, num_key_value_heads=2,
-                                  **_MULTIPLIERS),
+                                  head_dim=8, **_MULTIPLIERS),
     # Gated RMSNorm, gate first (Mamba2's order); plain multipliers.
     "norm_after_gate": dict(mamba_d_ssm=48, mamba_n_heads=4, mamba_n_groups=1, mamba_rms_norm=True,
                             mamba_norm_before_gate=False, tie_word_embeddings=False, mamba_conv_bias=False),
@@ -93,6 +94,22 @@ def test_falcon_h1_states_after_prefill_equal_transformers_cache(falcon):
         want_conv = out.past_key_values.get_conv_state(i, state_idx=0)[0].numpy()  # (conv_dim, K)
         np.testing.assert_allclose(ssm[0], want_ssm, atol=1e-5 * np.abs(want_ssm).max(), err_msg=name)
         np.testing.assert_allclose(conv[0], want_conv[:, 1:], atol=1e-5 * np.abs(want_conv).max(), err_msg=name)
+
+
+def assert_sequences_in_one_batch_equal_each_alone(model):
+    a, b = (np.random.default_rng(s).integers(0, V, n).astype(np.int32) for s, n in ((6, 9), (7, 14)))
+    cache = model.new_cache(2, 32)
+    both = model.forward(cache, np.r_[a, b], seq=np.r_[np.zeros(9, np.int32), np.ones(14, np.int32)], logits="all")
+    np.testing.assert_allclose(both[:9], model.logits(a), atol=1e-5 * np.abs(both).max())
+    np.testing.assert_allclose(both[9:], model.logits(b), atol=1e-5 * np.abs(both).max())
+
+
+def test_falcon_h1_sequences_in_one_batch_equal_each_alone(falcon):
+    assert_sequences_in_one_batch_equal_each_alone(falcon[2])
+
+
+def test_zamba2_sequences_in_one_batch_equal_each_alone(zamba):
+    assert_sequences_in_one_batch_equal_each_alone(zamba[2])  # each run reads its own rows of the embeddings
 
 
 def test_falcon_h1_save_and_load_round_trip(falcon, tmp_path):
@@ -164,8 +181,8 @@ def write_falcon_h1_gguf(ref, path):
     u32 = [("context_length", c.max_position_embeddings), ("embedding_length", c.hidden_size),
            ("block_count", c.num_hidden_layers), ("feed_forward_length", c.intermediate_size),
            ("attention.head_count", c.num_attention_heads), ("attention.head_count_kv", c.num_key_value_heads),
-           ("attention.key_length", c.hidden_size // c.num_attention_heads),
-           ("attention.value_length", c.hidden_size // c.num_attention_heads),
+           ("attention.key_length", getattr(c, "head_dim", c.hidden_size // c.num_attention_heads)),
+           ("attention.value_length", getattr(c, "head_dim", c.hidden_size // c.num_attention_heads)),
            ("ssm.conv_kernel", c.mamba_d_conv), ("ssm.inner_size", c.mamba_d_ssm), ("ssm.state_size", c.mamba_d_state),
            ("ssm.time_step_rank", c.mamba_n_heads), ("ssm.group_count", c.mamba_n_groups)]
     md = [("general.architecture", "string", arch), ("general.name", "string", "tiny-falcon-h1"),
