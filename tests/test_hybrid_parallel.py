@@ -459,3 +459,17 @@ def test_gguf_export_refuses_adapters_it_would_drop(tmp_path):
     model = nn.Model(nn.Embedding(V, D), nn.Stack([layer]), nn.RMSNorm(D))
     with pytest.raises(NotImplementedError, match="layers.0.attn has low-rank adapters"):
         model.save(tmp_path / "m.gguf")
+
+
+def test_saved_adapter_without_its_b_is_a_format_error(tmp_path):
+    from lmblocks import nn
+
+    D = 32
+    model = nn.Model(nn.Embedding(V, D), nn.Stack([nn.Layer(nn.Attention(D, 4, adapters=["v_proj"], adapter_rank=2),
+                                                            nn.MLP(D, 64))]), nn.RMSNorm(D))
+    model.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "lmblocks.json").read_text())
+    del cfg["body"]["blocks"][0]["mixer"]["weights"]["v_proj.lora_B"]
+    (tmp_path / "m" / "lmblocks.json").write_text(json.dumps(cfg))
+    with pytest.raises(FormatError, match="weight 'v_proj.lora_B' is missing"):
+        lb.load(tmp_path / "m")

@@ -151,10 +151,10 @@ def _build(spec, r: _Reader, where: str):
     if not isinstance(ws, dict):
         raise FormatError(f"{here}: field 'weights' must be an object")
     t = {n: r.tensor(v, f"{where}.{n}") for n, v in ws.items()}
-    # Low-rank adapters ("q_proj.lora_A" / "q_proj.lora_B") of an Attention or MLP, by projection.
-    adapters = {n[:-len(".lora_A")]: (t[n], t[n[:-len(".lora_A")] + ".lora_B"]) for n in t if n.endswith(".lora_A")}
     num = (int, float)
     try:
+        # Low-rank adapters ("q_proj.lora_A" / "q_proj.lora_B") of an Attention or MLP, by projection.
+        adapters = {n[:-len(".lora_A")]: (t[n], t[n[:-len(".lora_A")] + ".lora_B"]) for n in t if n.endswith(".lora_A")}
         if kind == "RMSNorm":
             return nn.RMSNorm(t["weight"], eps=_get(spec, "eps", num, here), offset=_get(spec, "offset", num, here))
         if kind == "LayerNorm":
