@@ -17,6 +17,18 @@ Logits logits_arg(const std::string& s) {
   throw ValueError("CausalLM.forward: logits must be 'last', 'all' or 'none', got '" + s + "'");
 }
 
+// {"q_proj": (A, B), ...} -> set_adapter on block b, each (A (r, in), B (out, r)).
+template <class B>
+void set_adapters(B& b, const py::dict& adapters, const char* op) {
+  for (const auto& [k, v] : adapters) {
+    const std::string proj = py::cast<std::string>(k);
+    const auto ab = py::cast<py::tuple>(v);
+    if (ab.size() != 2) throw ValueError(std::string(op) + ": adapter " + proj + " must be a pair (lora_A, lora_B)");
+    b.set_adapter(proj, LowRank{to_tensor(ab[0], op, (proj + ".lora_A").c_str()),
+                                to_tensor(ab[1], op, (proj + ".lora_B").c_str())});
+  }
+}
+
 py::dict weights_dict(const Block& b) {
   py::dict d;
   for (const auto& [name, t] : b.weights()) d[py::str(name)] = py::cast(t);
@@ -58,7 +70,7 @@ void bind_blocks(py::module_ m) {
                        py::object o, py::object qb, py::object kb, py::object vb, py::object ob, py::object qn,
                        py::object kn, double rope_theta, int64_t rotary_dim, bool rope_interleaved,
                        const Scaling& sc, int64_t window, float scale, float softcap, float qk_norm_eps, float qk_norm_offset,
-                       bool causal, bool rope) {
+                       bool causal, bool rope, const py::dict& adapters) {
              AttentionConfig c;
              c.n_heads = n_heads;
              c.n_kv_heads = n_kv_heads;
@@ -76,11 +88,13 @@ void bind_blocks(py::module_ m) {
              c.qk_norm_eps = qk_norm_eps;
              c.qk_norm_offset = qk_norm_offset;
              const char* op = "Attention";
-             return std::make_shared<Attention>(
+             auto a = std::make_shared<Attention>(
                  c, to_tensor(q, op, "q_proj"), to_tensor(k, op, "k_proj"), to_tensor(v, op, "v_proj"),
                  to_tensor(o, op, "o_proj"), to_tensor_opt(qb, op, "q_bias"), to_tensor_opt(kb, op, "k_bias"),
                  to_tensor_opt(vb, op, "v_bias"), to_tensor_opt(ob, op, "o_bias"), to_tensor_opt(qn, op, "q_norm"),
                  to_tensor_opt(kn, op, "k_norm"));
+             set_adapters(*a, adapters, op);
+             return a;
            }),
            py::arg("n_heads"), py::arg("n_kv_heads"), py::arg("head_dim"), py::arg("q_proj"), py::arg("k_proj"),
            py::arg("v_proj"), py::arg("o_proj"), py::arg("q_bias") = py::none(), py::arg("k_bias") = py::none(),
@@ -89,8 +103,9 @@ void bind_blocks(py::module_ m) {
            py::arg("rope_interleaved") = false,
            py::arg("rope_scaling") = Scaling{"none", 1.0, 1.0, 4.0, 8192.0}, py::arg("window") = 0,
            py::arg("scale") = 0.f, py::arg("softcap") = 0.f, py::arg("qk_norm_eps") = 1e-6f, py::arg("qk_norm_offset") = 0.f,
-           py::arg("causal") = true, py::arg("rope") = true,
-           "rope False: no positional encoding (the rope_* settings are then ignored).")
+           py::arg("causal") = true, py::arg("rope") = true, py::arg("adapters") = py::dict(),
+           "rope False: no positional encoding (the rope_* settings are then ignored). adapters: "
+           "{\"q_proj\": (lora_A (r, in), lora_B (out, r)), ...}: proj(x) + (x A^T) B^T.")
       .def_property_readonly("n_heads", [](const Attention& a) { return a.cfg.n_heads; })
       .def_property_readonly("rope", [](const Attention& a) { return a.cfg.use_rope; })
       .def_property_readonly("n_kv_heads", [](const Attention& a) { return a.cfg.n_kv_heads; })
@@ -113,16 +128,19 @@ void bind_blocks(py::module_ m) {
 
   py::class_<MLP, Block, std::shared_ptr<MLP>>(m, "MLP")
       .def(py::init([](py::object g, py::object u, py::object d, const std::string& act, py::object ub, py::object db,
-                       py::object gb) {
+                       py::object gb, const py::dict& adapters) {
              const char* op = "MLP";
-             return std::make_shared<MLP>(to_tensor_opt(g, op, "gate_proj"), to_tensor(u, op, "up_proj"),
-                                          to_tensor(d, op, "down_proj"), activation_from_name(act),
-                                          to_tensor_opt(ub, op, "up_bias"), to_tensor_opt(db, op, "down_bias"),
-                                          to_tensor_opt(gb, op, "gate_bias"));
+             auto m = std::make_shared<MLP>(to_tensor_opt(g, op, "gate_proj"), to_tensor(u, op, "up_proj"),
+                                            to_tensor(d, op, "down_proj"), activation_from_name(act),
+                                            to_tensor_opt(ub, op, "up_bias"), to_tensor_opt(db, op, "down_bias"),
+                                            to_tensor_opt(gb, op, "gate_bias"));
+             set_adapters(*m, adapters, op);
+             return m;
            }),
            py::arg("gate_proj"), py::arg("up_proj"), py::arg("down_proj"), py::arg("activation") = "silu",
            py::arg("up_bias") = py::none(), py::arg("down_bias") = py::none(), py::arg("gate_bias") = py::none(),
-           "gate_proj None: the plain MLP down(act(up(x))).")
+           py::arg("adapters") = py::dict(),
+           "gate_proj None: the plain MLP down(act(up(x))). adapters: {\"up_proj\": (lora_A, lora_B), ...}.")
       .def_property_readonly("gated", &MLP::gated)
       .def_property_readonly("activation", [](const MLP& m) { return std::string(activation_name(m.act)); });
 
@@ -145,17 +163,18 @@ void bind_blocks(py::module_ m) {
       .def(py::init([](int64_t n_heads, int64_t head_dim, int64_t n_groups, int64_t state_size, py::object in_proj,
                        py::object conv_weight, py::object conv_bias, py::object dt_bias, py::object A_log, py::object D,
                        py::object norm, py::object out_proj, py::object in_bias, py::object out_bias, int64_t chunk_size,
-                       float norm_eps, float dt_min, float dt_max) {
+                       float norm_eps, float dt_min, float dt_max, bool norm_before_gate) {
              const char* op = "Mamba2";
              Mamba2Config c;
              c.n_heads = n_heads, c.head_dim = head_dim, c.n_groups = n_groups, c.state_size = state_size;
              const Tensor cw = to_tensor(conv_weight, op, "conv_weight");
              c.conv_kernel = cw.ndim() == 2 ? cw.dim(1) : cw.ndim() == 3 ? cw.dim(2) : 0;
              c.chunk_size = chunk_size, c.norm_eps = norm_eps, c.dt_min = dt_min, c.dt_max = dt_max;
+             c.norm_before_gate = norm_before_gate;
              return std::make_shared<Mamba2>(
                  c, to_tensor(in_proj, op, "in_proj"), cw.ndim() == 3 ? cw.reshape({cw.dim(0), cw.dim(2)}) : cw,
                  to_tensor_opt(conv_bias, op, "conv_bias"), to_tensor(dt_bias, op, "dt_bias"),
-                 to_tensor(A_log, op, "A_log"), to_tensor(D, op, "D"), to_tensor(norm, op, "norm"),
+                 to_tensor(A_log, op, "A_log"), to_tensor(D, op, "D"), to_tensor_opt(norm, op, "norm"),
                  to_tensor(out_proj, op, "out_proj"), to_tensor_opt(in_bias, op, "in_bias"),
                  to_tensor_opt(out_bias, op, "out_bias"));
            }),
@@ -163,8 +182,9 @@ void bind_blocks(py::module_ m) {
            py::arg("conv_weight"), py::arg("conv_bias"), py::arg("dt_bias"), py::arg("A_log"), py::arg("D"),
            py::arg("norm"), py::arg("out_proj"), py::arg("in_bias") = py::none(), py::arg("out_bias") = py::none(),
            py::arg("chunk_size") = 256, py::arg("norm_eps") = 1e-5f, py::arg("dt_min") = 0.f,
-           py::arg("dt_max") = 1e30f,
-           "conv_weight (conv_dim, K) or transformers' (conv_dim, 1, K).")
+           py::arg("dt_max") = 1e30f, py::arg("norm_before_gate") = false,
+           "conv_weight (conv_dim, K) or transformers' (conv_dim, 1, K). norm None: out_proj(y * silu(z)); "
+           "norm_before_gate: out_proj(norm(y) * w * silu(z)) instead of out_proj(norm(y * silu(z)) * w).")
       .def_property_readonly("n_heads", [](const Mamba2& b) { return b.cfg.n_heads; })
       .def_property_readonly("head_dim", [](const Mamba2& b) { return b.cfg.head_dim; })
       .def_property_readonly("n_groups", [](const Mamba2& b) { return b.cfg.n_groups; })
@@ -173,6 +193,7 @@ void bind_blocks(py::module_ m) {
       .def_property_readonly("chunk_size", [](const Mamba2& b) { return b.cfg.chunk_size; })
       .def_property_readonly("norm_eps", [](const Mamba2& b) { return b.cfg.norm_eps; })
       .def_property_readonly("dt_limit", [](const Mamba2& b) { return py::make_tuple(b.cfg.dt_min, b.cfg.dt_max); })
+      .def_property_readonly("norm_before_gate", [](const Mamba2& b) { return b.cfg.norm_before_gate; })
       .def_property_readonly("d_inner", &Mamba2::d_inner);
 
   py::class_<Mamba, Block, std::shared_ptr<Mamba>>(m, "Mamba")
@@ -266,6 +287,18 @@ void bind_blocks(py::module_ m) {
         if (i < 0 || i >= n) throw IndexError("Sequential: index out of range");
         return s.blocks[size_t(i)];
       });
+
+  py::class_<ConcatEmbeddings, Block, std::shared_ptr<ConcatEmbeddings>>(
+      m, "ConcatEmbeddings", "[x | e]: each token's features beside its embedding, (N, D) -> (N, D + De).")
+      .def(py::init<int64_t, int64_t>(), py::arg("dim"), py::arg("embed_dim"))
+      .def_readonly("dim", &ConcatEmbeddings::dim)
+      .def_readonly("embed_dim", &ConcatEmbeddings::embed_dim);
+
+  py::class_<Parallel, Block, std::shared_ptr<Parallel>>(m, "Parallel",
+                                                    "The sum of its blocks' outputs on one input.")
+      .def(py::init<std::vector<BlockPtr>>(), py::arg("blocks"))
+      .def_readonly("blocks", &Parallel::blocks)
+      .def("__len__", [](const Parallel& p) { return p.blocks.size(); });
 
   py::class_<KVCache, std::shared_ptr<KVCache>>(m, "KVCache")
       .def_property_readonly("n_seq", &KVCache::n_seq)

@@ -37,6 +37,8 @@ _c = _core.nn
 Block = _c.Block
 Sequential = _c.Sequential
 Residual = _c.Residual
+Parallel = _c.Parallel  # Parallel([a, b])(x) = a(x) + b(x): Falcon-H1's attention beside its Mamba2
+ConcatEmbeddings = _c.ConcatEmbeddings  # ConcatEmbeddings(D, De)(x) = [x | token embeddings]: Zamba2's shared blocks
 CausalLM = _c.CausalLM
 KVCache = _c.KVCache
 Hooks = _c.Hooks
@@ -118,6 +120,22 @@ def _positive(block, **kw):
             raise ValueError(f"{block}: {k} must be a positive integer, got {v!r}")
 
 
+def _adapters(p: "_Params", names, rank, projs: dict) -> dict:
+    """Low-rank adapters {proj: (lora_A (rank, in), lora_B (out, rank))} on the projections ``names``: given
+    as weights "<proj>.lora_A" / "<proj>.lora_B", else A random and B zero (LoRA's init: a no-op at first)."""
+    names = list(names)
+    if names:
+        _positive(p.block, adapter_rank=rank)
+    out = {}
+    for n in names:
+        if projs.get(n) is None:
+            raise ValueError(f"{p.block}: no projection {n!r} to adapt; adaptable: {sorted(k for k, v in projs.items() if v is not None)}")
+        rows, cols = projs[n].shape
+        out[n] = (p.matrix(f"{n}.lora_A", (rank, cols)),
+                  p.given_or(f"{n}.lora_B", (rows, rank), lambda: np.zeros((rows, rank), np.float32)))
+    return out
+
+
 # ---- blocks -----------------------------------------------------------------------------------------
 
 
@@ -182,8 +200,10 @@ class Attention(_c.Attention):
     q/k/v biases (Qwen 2), ``o_bias``: output bias. ``rope_scaling``: ``{"rope_type": "linear" | "llama3",
     "factor": ..., ...}`` as Hugging Face's. ``scale``: score scale (default 1/sqrt(head_dim));
     ``softcap``: Gemma 2's logit soft-capping. ``qk_norm_offset``: q/k norms scale by (offset + w), 1 for
-    Gemma. ``rope=False``: no positional encoding at all (Jamba), the rope settings unused. Weights:
-    q_proj, k_proj, v_proj, o_proj, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm.
+    Gemma. ``rope=False``: no positional encoding at all (Jamba), the rope settings unused. ``out_dim``:
+    the output projection's width (default ``dim``). ``adapters``: projections (``"q_proj"`` ...) given a
+    low-rank adapter of ``adapter_rank`` (LoRA: proj(x) + (x A^T) B^T). Weights: q_proj, k_proj, v_proj,
+    o_proj, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm, <proj>.lora_A, <proj>.lora_B.
     """
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int | None = None, head_dim: int | None = None, *,
@@ -191,9 +211,11 @@ class Attention(_c.Attention):
                  qk_norm_offset: float = 0.0,
                  rope_theta: float = 10000.0, rotary_dim: int | None = None, rope_interleaved: bool = False,
                  rope_scaling: Mapping | None = None, rope: bool = True, window: int = 0, causal: bool = True,
-                 scale: float | None = None, softcap: float = 0.0, weights: Mapping | None = None,
+                 scale: float | None = None, softcap: float = 0.0, out_dim: int | None = None,
+                 adapters: Sequence[str] = (), adapter_rank: int = 0, weights: Mapping | None = None,
                  init: str = "normal", std: float = 0.02, dtype: str = "f32", rng=None):
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        out_dim = dim if out_dim is None else out_dim
         _positive("Attention", dim=dim, n_heads=n_heads, n_kv_heads=n_kv_heads)
         if head_dim is None:
             if dim % n_heads:
@@ -209,9 +231,10 @@ class Attention(_c.Attention):
         q = p.matrix("q_proj", (H * hd, dim))
         k = p.matrix("k_proj", (Hkv * hd, dim))
         v = p.matrix("v_proj", (Hkv * hd, dim))
-        o = p.matrix("o_proj", (dim, H * hd))
+        o = p.matrix("o_proj", (out_dim, H * hd))
+        ad = _adapters(p, adapters, adapter_rank, {"q_proj": q, "k_proj": k, "v_proj": v, "o_proj": o})
         qb, kb, vb = (p.vector(n, m * hd, want=bias) for n, m in (("q_bias", H), ("k_bias", Hkv), ("v_bias", Hkv)))
-        ob = p.vector("o_bias", dim, want=o_bias)
+        ob = p.vector("o_bias", out_dim, want=o_bias)
         nq, nk = (hd, hd) if qk_norm == "head" else (H * hd, Hkv * hd)
         # Given q/k norm weights may be per head or whole-row: the native block checks which.
         qn, kn = (p.given[n] if n in p.given else np.ones(m, np.float32) if qk_norm else None
@@ -229,17 +252,18 @@ class Attention(_c.Attention):
                          rotary_dim=int(rotary_dim or 0), rope_interleaved=bool(rope_interleaved),
                          rope_scaling=scaling, window=int(window), scale=float(scale or 0.0), softcap=float(softcap),
                          qk_norm_eps=float(qk_norm_eps), qk_norm_offset=float(qk_norm_offset), causal=bool(causal),
-                         rope=bool(rope))
+                         rope=bool(rope), adapters=ad)
 
 
 class MLP(_c.MLP):
     """down(act(gate(x)) * up(x)) (``gated=True``: SwiGLU with silu, GeGLU with gelu), or down(act(up(x))).
-    Activations: silu, gelu, gelu_tanh, relu, relu2 (ReLU squared). Weights: gate_proj, up_proj,
-    down_proj, gate_bias, up_bias, down_bias."""
+    Activations: silu, gelu, gelu_tanh, relu, relu2 (ReLU squared). ``adapters``: projections given a
+    low-rank adapter of ``adapter_rank`` (as :class:`Attention`'s). Weights: gate_proj, up_proj,
+    down_proj, gate_bias, up_bias, down_bias, <proj>.lora_A, <proj>.lora_B."""
 
     def __init__(self, dim: int, hidden: int, *, gated: bool = True, activation: str = "silu", bias: bool = False,
-                 weights: Mapping | None = None, init: str = "normal", std: float = 0.02, dtype: str = "f32",
-                 rng=None):
+                 adapters: Sequence[str] = (), adapter_rank: int = 0, weights: Mapping | None = None,
+                 init: str = "normal", std: float = 0.02, dtype: str = "f32", rng=None):
         _positive("MLP", dim=dim, hidden=hidden)
         p = _Params("MLP", weights, init, std, dtype, rng)
         g = p.matrix("gate_proj", (hidden, dim)) if gated else None
@@ -248,8 +272,9 @@ class MLP(_c.MLP):
         gb = p.vector("gate_bias", hidden, want=bias and gated)
         ub = p.vector("up_bias", hidden, want=bias)
         db = p.vector("down_bias", dim, want=bias)
+        ad = _adapters(p, adapters, adapter_rank, {"gate_proj": g, "up_proj": u, "down_proj": d})
         p.check_used()
-        super().__init__(g, u, d, activation=activation, up_bias=ub, down_bias=db, gate_bias=gb)
+        super().__init__(g, u, d, activation=activation, up_bias=ub, down_bias=db, gate_bias=gb, adapters=ad)
 
 
 class MoE(_c.MoE):
@@ -348,12 +373,13 @@ class Mamba2(_c.Mamba2):
     tokens per chunk; 0 = the sequential recurrence); decode the one-step recurrence. Its conv window
     and SSM state live in the model's cache (``cache.states()``), constant in context length.
     Random init follows transformers' Mamba2: A = -(1 .. n_heads), D = 1, dt in [dt_init_min,
-    dt_init_max] log-uniform. Weights: in_proj, conv_weight, conv_bias, dt_bias, A_log, D, norm,
-    out_proj, in_bias, out_bias."""
+    dt_init_max] log-uniform. ``norm``: ``"gated"`` norm(y * silu(z)) * w (Mamba2), ``"before_gate"``
+    norm(y) * w * silu(z), ``"none"`` y * silu(z) (Falcon-H1's options). Weights: in_proj, conv_weight,
+    conv_bias, dt_bias, A_log, D, norm, out_proj, in_bias, out_bias."""
 
     def __init__(self, dim: int, n_heads: int | None = None, head_dim: int = 64, *, state_size: int = 128,
                  n_groups: int = 1, conv_kernel: int = 4, chunk_size: int = 256, expand: int = 2, bias: bool = False,
-                 conv_bias: bool = True, norm_eps: float = 1e-5, dt_limit=(0.0, float("inf")),
+                 conv_bias: bool = True, norm: str = "gated", norm_eps: float = 1e-5, dt_limit=(0.0, float("inf")),
                  dt_init=(1e-3, 0.1), weights: Mapping | None = None, init: str = "normal", std: float = 0.02,
                  dtype: str = "f32", rng=None):
         if n_heads is None:
@@ -364,6 +390,8 @@ class Mamba2(_c.Mamba2):
                   conv_kernel=conv_kernel)
         if n_heads % n_groups:
             raise ValueError(f"Mamba2: n_heads {n_heads} is not a multiple of n_groups {n_groups}")
+        if norm not in ("gated", "before_gate", "none"):
+            raise ValueError(f"Mamba2: norm must be 'gated', 'before_gate' or 'none', got {norm!r}")
         H, di = n_heads, n_heads * head_dim
         cd = di + 2 * n_groups * state_size
         p = _Params("Mamba2", weights, init, std, dtype, rng)
@@ -373,15 +401,15 @@ class Mamba2(_c.Mamba2):
         dt_b = _dt_bias(p, H, dt_init)
         a_log = p.given_or("A_log", (H,), lambda: np.log(np.arange(1, H + 1, dtype=np.float32)))
         d = p.vector("D", H, 1.0)
-        norm = p.vector("norm", di, 1.0)
+        norm_w = p.vector("norm", di, 1.0, want=norm != "none")
         out_proj = p.matrix("out_proj", (dim, di))
         ib = p.vector("in_bias", di + cd + H, want=bias)
         ob = p.vector("out_bias", dim, want=bias)
         p.check_used()
         lim_lo, lim_hi = dt_limit
-        super().__init__(H, head_dim, n_groups, state_size, in_proj, conv_w, conv_b, dt_b, a_log, d, norm, out_proj,
+        super().__init__(H, head_dim, n_groups, state_size, in_proj, conv_w, conv_b, dt_b, a_log, d, norm_w, out_proj,
                          in_bias=ib, out_bias=ob, chunk_size=chunk_size, norm_eps=norm_eps, dt_min=float(lim_lo),
-                         dt_max=float(min(lim_hi, 1e30)))
+                         dt_max=float(min(lim_hi, 1e30)), norm_before_gate=norm == "before_gate")
 
 
 def _norm(kind, dim: int, eps: float):
@@ -518,4 +546,4 @@ class Model(_LoadedModel):
 
 
 __all__ = ["seed", "as_dtype", "Embedding", "Linear", "RMSNorm", "LayerNorm", "Attention", "MLP", "MoE", "Mamba", "Mamba2", "Layer", "Stack",
-           "Model", "Block", "Sequential", "Residual", "CausalLM", "KVCache", "Hooks"]
+           "Model", "Block", "Sequential", "Residual", "Parallel", "ConcatEmbeddings", "CausalLM", "KVCache", "Hooks"]

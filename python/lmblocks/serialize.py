@@ -27,7 +27,7 @@ WEIGHTS = "model.safetensors"
 _ATTN_FIELDS = ("n_heads", "n_kv_heads", "head_dim", "rope_theta", "rotary_dim", "rope_interleaved", "window",
                 "causal", "scale", "softcap", "qk_norm_eps", "qk_norm_offset")
 _MOE_FIELDS = ("top_k", "scoring", "norm_topk", "activation", "routed_scale")
-_MAMBA2_FIELDS = ("n_heads", "head_dim", "n_groups", "state_size", "chunk_size", "norm_eps")
+_MAMBA2_FIELDS = ("n_heads", "head_dim", "n_groups", "state_size", "chunk_size", "norm_eps", "norm_before_gate")
 
 
 class _Writer:
@@ -82,11 +82,15 @@ def _block(b, path: str, w: _Writer) -> dict:
                 spec[slot] = _block(c, f"{path}.{name}", w)
     elif kind == "Sequential":
         spec["blocks"] = [_block(c, f"{path}.{i}", w) for i, c in enumerate(b.children)]
+    elif kind == "Parallel":
+        spec["blocks"] = [_block(c, f"{path}.{name}", w) for name, c in b.named_children]
     elif kind == "Residual":
         for slot in ("pre", "inner", "post"):
             c = getattr(b, slot)
             if c is not None:
                 spec[slot] = _block(c, f"{path}.{slot}", w)
+    elif kind == "ConcatEmbeddings":
+        spec |= {"dim": b.dim, "embed_dim": b.embed_dim}
     elif kind != "Linear":  # it holds nothing but weights
         raise NotImplementedError(f"saving a {kind} block ({path}) is not supported yet")
     return spec
@@ -153,6 +157,8 @@ def _build(spec, r: _Reader, where: str):
     t = {n: r.tensor(v, f"{where}.{n}") for n, v in ws.items()}
     num = (int, float)
     try:
+        # Low-rank adapters ("q_proj.lora_A" / "q_proj.lora_B") of an Attention or MLP, by projection.
+        adapters = {n[:-len(".lora_A")]: (t[n], t[n[:-len(".lora_A")] + ".lora_B"]) for n in t if n.endswith(".lora_A")}
         if kind == "RMSNorm":
             return nn.RMSNorm(t["weight"], eps=_get(spec, "eps", num, here), offset=_get(spec, "offset", num, here))
         if kind == "LayerNorm":
@@ -168,10 +174,14 @@ def _build(spec, r: _Reader, where: str):
             return nn.Attention(H, Hkv, hd, t["q_proj"], t["k_proj"], t["v_proj"], t["o_proj"],
                                 q_bias=t.get("q_bias"), k_bias=t.get("k_bias"), v_bias=t.get("v_bias"),
                                 o_bias=t.get("o_bias"), q_norm=t.get("q_norm"), k_norm=t.get("k_norm"),
-                                rope_scaling=tuple(sc), rope=_get(spec, "rope", bool, here, True), **kw)
+                                rope_scaling=tuple(sc), rope=_get(spec, "rope", bool, here, True), adapters=adapters,
+                                **kw)
         if kind == "MLP":
             return nn.MLP(t.get("gate_proj"), t["up_proj"], t["down_proj"], activation=_get(spec, "activation", str, here),
-                          up_bias=t.get("up_bias"), down_bias=t.get("down_bias"), gate_bias=t.get("gate_bias"))
+                          up_bias=t.get("up_bias"), down_bias=t.get("down_bias"), gate_bias=t.get("gate_bias"),
+                          adapters=adapters)
+        if kind == "ConcatEmbeddings":
+            return nn.ConcatEmbeddings(_get(spec, "dim", int, here), _get(spec, "embed_dim", int, here))
         if kind == "MoE":
             kw = {f: spec[f] for f in _MOE_FIELDS if f in spec}
             shared = _build(spec["shared"], r, where + ".shared") if spec.get("shared") else None
@@ -185,10 +195,10 @@ def _build(spec, r: _Reader, where: str):
         if kind == "Mamba2":
             kw = {f: spec[f] for f in _MAMBA2_FIELDS if f in spec}
             lo, hi = _get(spec, "dt_limit", list, here)
-            opt = {n: t.get(n) for n in ("conv_bias", "in_bias", "out_bias")}
+            opt = {n: t.get(n) for n in ("conv_bias", "in_bias", "out_bias", "norm")}
             return nn.Mamba2(kw.pop("n_heads"), kw.pop("head_dim"), kw.pop("n_groups"), kw.pop("state_size"),
                              t["in_proj"], t["conv_weight"], opt["conv_bias"], t["dt_bias"], t["A_log"], t["D"],
-                             t["norm"], t["out_proj"], in_bias=opt["in_bias"], out_bias=opt["out_bias"],
+                             opt["norm"], t["out_proj"], in_bias=opt["in_bias"], out_bias=opt["out_bias"],
                              dt_min=lo, dt_max=hi, **kw)
         if kind == "Layer":
             slots = {s: _build(spec[s], r, f"{where}.{s}") if spec.get(s) else None
@@ -196,9 +206,9 @@ def _build(spec, r: _Reader, where: str):
             return nn.Layer(**slots, parallel=_get(spec, "parallel", bool, here),
                             norm_after_add=_get(spec, "norm_after_add", bool, here),
                             residual_scale=_get(spec, "residual_scale", num, here, 1.0))
-        if kind == "Sequential":
+        if kind in ("Sequential", "Parallel"):
             blocks = _get(spec, "blocks", list, here)
-            return nn.Sequential([_build(b, r, f"{where}.{i}") for i, b in enumerate(blocks)])
+            return getattr(nn, kind)([_build(b, r, f"{where}.{i}") for i, b in enumerate(blocks)])
         if kind == "Residual":
             return nn.Residual(*(_build(spec[s], r, f"{where}.{s}") if spec.get(s) else None
                                  for s in ("pre", "inner", "post")))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .hooks import named_blocks
 
 
@@ -40,11 +42,18 @@ def _numel(t) -> int:
     return n
 
 
-def _add_tensor(part: Part, t, active: float = 1.0, matrix: bool = True) -> None:
+def _add_tensor(part: Part, t, active: float = 1.0, matrix: bool = True, seen: set | None = None) -> None:
+    """Count t in part; a tensor already in ``seen`` (a weight shared by several blocks, Zamba2's shared
+    transformer) adds its FLOPs and decode reads again but not its parameters or bytes."""
     n = _numel(t)
-    part.params += n
-    part.bytes += int(t.nbytes)
-    part.bytes_by_dtype[t.dtype] = part.bytes_by_dtype.get(t.dtype, 0) + int(t.nbytes)
+    ptr = t.data_ptr if hasattr(t, "data_ptr") else np.asarray(t).__array_interface__["data"][0]
+    key = (ptr, int(t.nbytes))
+    if seen is None or key not in seen:
+        part.params += n
+        part.bytes += int(t.nbytes)
+        part.bytes_by_dtype[t.dtype] = part.bytes_by_dtype.get(t.dtype, 0) + int(t.nbytes)
+        if seen is not None:
+            seen.add(key)
     part.decode_bytes += t.nbytes * active
     if matrix and len(t.shape) >= 2:
         part.flops += 2.0 * n * active
@@ -79,6 +88,7 @@ def parts(model, context: int = 0, kv_dtype: str = "f32") -> list[Part]:
     _add_tensor(emb, lm.embed_tokens, active=1.0 / V, matrix=False)
     out.append(emb)
     blocks = named_blocks(lm)
+    seen: set = set()
     tops = [p for p in blocks if p.count(".") == 1] if lm.body.kind == "Sequential" else ["layers"]
     for top in tops:
         inner = {p: b for p, b in blocks.items() if p == top or p.startswith(top + ".")}
@@ -91,7 +101,7 @@ def parts(model, context: int = 0, kv_dtype: str = "f32") -> list[Part]:
                 active = b.top_k / b.n_experts
             for name, t in b.weights().items():
                 three_d = len(t.shape) == 3
-                _add_tensor(part, t, active=active if three_d else 1.0)
+                _add_tensor(part, t, active=active if three_d else 1.0, seen=seen)
             if b.kind in ("Mamba", "Mamba2"):
                 conv_dim = b.d_inner + (2 * b.n_groups * b.state_size if b.kind == "Mamba2" else 0)
                 state = 4 * (conv_dim * (b.conv_kernel - 1) + b.d_inner * b.state_size)

@@ -43,6 +43,9 @@ class Context {
   std::vector<Run> runs;
   KVCache* cache = nullptr;
   Hooks* hooks = nullptr;  // what this pass captures or replaces (see Hooks); null: nothing, at no cost
+  // (N, D) the tokens' embeddings (times embed_scale) before the first layer, kept only when a block reads
+  // them (ConcatEmbeddings); undefined otherwise.
+  Tensor embeddings;
 
   // The cos/sin table of this batch's positions for `rope`, built on first use and shared by every
   // layer with the same rope settings.
@@ -112,6 +115,16 @@ class LayerNorm : public Block {
   float eps;
 };
 
+// A low-rank adapter on a projection (LoRA, Hu et al. 2021; Zamba2's per-use adapters on its shared
+// blocks): proj(x) + (x A^T) B^T, A (r, in), B (out, r); LoRA's alpha / r is folded into B. Blocks that
+// take adapters name their weights "<proj>.lora_A" and "<proj>.lora_B".
+struct LowRank {
+  Tensor A, B;
+  bool defined() const { return A.defined(); }
+};
+// x W^T + bias + (x A^T) B^T (the adapter part only when the adapter is defined).
+Tensor project(const Tensor& x, const Tensor& w, const Tensor& bias, const LowRank& adapter);
+
 struct AttentionConfig {
   int64_t n_heads = 0, n_kv_heads = 0, head_dim = 0;
   ops::Rope rope;
@@ -127,6 +140,8 @@ struct AttentionConfig {
 // Causal self-attention over the KV cache: q/k/v projections (any weight dtype, optional bias),
 // optional RMSNorm of q and k, per head ((hd,) weights: Gemma 3, Qwen 3) or over all heads at once
 // ((H*hd,) and (Hkv*hd,) weights: OLMo 2, OLMoE), rope (or none: cfg.use_rope), GQA/MQA, output projection.
+// The output width may differ from the input's (Zamba2's shared attention reads 2D features and returns
+// D). Optional low-rank adapters on any projection (set_adapter).
 class Attention : public Block {
  public:
   Attention(const AttentionConfig& cfg, Tensor q_proj, Tensor k_proj, Tensor v_proj, Tensor o_proj,
@@ -136,12 +151,16 @@ class Attention : public Block {
   std::string kind() const override { return "Attention"; }
   std::string role() const override { return "attn"; }
   int64_t in_dim() const override { return model_dim(); }
+  int64_t out_dim() const override { return o_proj.dim(0); }
   int64_t model_dim() const { return q_proj.dim(1); }
+  // The adapter of "q_proj", "k_proj", "v_proj" or "o_proj", checked against that projection's shape.
+  void set_adapter(const std::string& proj, LowRank adapter);
 
   AttentionConfig cfg;
-  Tensor q_proj, k_proj, v_proj, o_proj;  // (H*hd, D) (Hkv*hd, D) (Hkv*hd, D) (D, H*hd)
+  Tensor q_proj, k_proj, v_proj, o_proj;  // (H*hd, D) (Hkv*hd, D) (Hkv*hd, D) (Dout, H*hd), Dout usually D
   Tensor q_bias, k_bias, v_bias, o_bias;  // optional, (out,)
   Tensor q_norm, k_norm;                  // optional, (hd,) or (H*hd,) / (Hkv*hd,)
+  LowRank q_lora, k_lora, v_lora, o_lora;  // optional
 };
 
 // relu2 is ReLU squared (Primer, So et al. 2021).
@@ -155,7 +174,7 @@ void activate(Tensor& h, Activation act);
 void activate_gated(Tensor& gate, const Tensor& up, Activation act);
 
 // down(act(gate(x)) * up(x)), the gated MLP of Llama (SwiGLU) and Gemma (GeGLU); without gate_proj,
-// down(act(up(x))), the plain MLP of GPT-2 and BERT. Biases optional.
+// down(act(up(x))), the plain MLP of GPT-2 and BERT. Biases and low-rank adapters (set_adapter) optional.
 class MLP : public Block {
  public:
   MLP(Tensor gate_proj, Tensor up_proj, Tensor down_proj, Activation act, Tensor up_bias = {},
@@ -166,8 +185,11 @@ class MLP : public Block {
   std::string role() const override { return "mlp"; }
   int64_t in_dim() const override { return up_proj.dim(1); }
   bool gated() const { return gate_proj.defined(); }
+  // The adapter of "gate_proj", "up_proj" or "down_proj", checked against that projection's shape.
+  void set_adapter(const std::string& proj, LowRank adapter);
   Tensor gate_proj, up_proj, down_proj;  // (F, D) (F, D) (D, F); gate_proj undefined for a plain MLP
   Tensor gate_bias, up_bias, down_bias;  // optional (F,) (F,) (D,)
+  LowRank gate_lora, up_lora, down_lora;  // optional
   Activation act;
 };
 
@@ -222,6 +244,19 @@ class Linear : public Block {
   Tensor weight, bias;  // (out, in), (out,) optional
 };
 
+// [x | e]: each token's features beside its embedding (Context::embeddings), (N, D) -> (N, D + De). The
+// input of Zamba2's shared transformer blocks; a model holding one keeps the embeddings of each pass.
+class ConcatEmbeddings : public Block {
+ public:
+  ConcatEmbeddings(int64_t dim, int64_t embed_dim);
+  Tensor forward(Context& ctx, const Tensor& x) override;
+  std::string kind() const override { return "ConcatEmbeddings"; }
+  std::string role() const override { return "concat"; }
+  int64_t in_dim() const override { return dim; }
+  int64_t out_dim() const override { return dim + embed_dim; }
+  int64_t dim, embed_dim;
+};
+
 // Blocks applied in order.
 class Sequential : public Block {
  public:
@@ -232,6 +267,25 @@ class Sequential : public Block {
   int64_t in_dim() const override;
   int64_t out_dim() const override;
   std::vector<BlockPtr> blocks;
+};
+
+// The sum of its blocks' outputs on one input: Falcon-H1's attention and Mamba2 side by side; with an empty
+// Sequential (the identity) among them, x + f(x) as a new tensor. Every block maps the same features in to
+// the same features out and must not change its input in place (a Residual or a Layer does). Children are
+// named by role ("attn", "mamba") when the roles differ, else "0", "1", ...
+class Parallel : public Block {
+ public:
+  explicit Parallel(std::vector<BlockPtr> blocks);
+  Tensor forward(Context& ctx, const Tensor& x) override;
+  std::vector<std::pair<std::string, BlockPtr>> named_children() const override;
+  std::string kind() const override { return "Parallel"; }
+  std::string role() const override { return "mixer"; }
+  int64_t in_dim() const override { return in_; }
+  int64_t out_dim() const override { return out_; }
+  std::vector<BlockPtr> blocks;
+
+ private:
+  int64_t in_ = -1, out_ = -1;
 };
 
 // What a forward pass captures or replaces. A point of a block is "in" or "out" of any block, or one a
@@ -378,6 +432,7 @@ class CausalLM {
  private:
   std::vector<const Attention*> attention_;  // found once in body: what a cache holds
   std::vector<const Block*> stateful_;
+  bool keep_embeddings_ = false;  // a ConcatEmbeddings reads them (Context::embeddings)
   std::vector<std::shared_ptr<ops::PackedWeight>> packed_;  // weights repacked for this CPU's kernels
   void pack_weights();
   Tensor forward_chunk(KVCache& cache, const int32_t* tokens, Context& ctx, Logits logits);

@@ -13,13 +13,17 @@ struct Mamba2Config {
   int64_t chunk_size = 256;  // the chunked SSD's chunk for prefill (ops::ssd_scan); 0 = sequential
   float norm_eps = 1e-5f;
   float dt_min = 0.f, dt_max = 1e30f;  // Mamba2's time_step_limit
+  // With a norm weight: false is Mamba2's norm(y * silu(z)) * w; true is norm(y) * w * silu(z) (Falcon-H1's
+  // mamba_norm_before_gate). Without one the output is y * silu(z) (Falcon-H1's mamba_rms_norm false).
+  bool norm_before_gate = false;
 };
 
 // Mamba2's mixer (Dao & Gu 2024), as transformers' Mamba2Mixer computes it:
 //   [z | xBC | dt] = in_proj(x);  xBC = silu(conv1d(xBC)) over time, with the conv window in the cache;
 //   [x | B | C] = xBC;  y = SSD(x, dt, A = -exp(A_log), B, C, D) with the (H, P, N) state in the cache;
-//   out = out_proj(rms_norm_gated(y, z) * norm)  (groups of d_inner / n_groups).
-// d_inner = n_heads * head_dim; the conv runs over conv_dim = d_inner + 2 * n_groups * state_size.
+//   out = out_proj(rms_norm_gated(y, z) * norm)  (groups of d_inner / n_groups; see norm_before_gate, and
+//   without a norm weight out_proj(y * silu(z))).
+// d_inner = n_heads * head_dim (any width: Falcon-H1's mamba_d_ssm need not be expand * D); the conv runs over conv_dim = d_inner + 2 * n_groups * state_size.
 // Cache state per sequence: the last conv_kernel - 1 conv inputs (conv_dim, K-1) and the SSM state.
 class Mamba2 : public Block {
  public:
@@ -39,7 +43,7 @@ class Mamba2 : public Block {
   Tensor conv_weight;  // (conv_dim, K)
   Tensor conv_bias;    // (conv_dim,) optional
   Tensor dt_bias, A_log, D;  // (H,)
-  Tensor norm;         // (d_inner,)
+  Tensor norm;         // (d_inner,) optional
   Tensor out_proj;     // (D, d_inner)
   Tensor in_bias, out_bias;  // optional
 

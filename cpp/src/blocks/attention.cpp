@@ -89,11 +89,11 @@ Attention::Attention(const AttentionConfig& c, Tensor q, Tensor k, Tensor v, Ten
   const int64_t D = q_proj.dim(1);
   check_proj(k_proj, Hkv * hd, D, "k_proj");
   check_proj(v_proj, Hkv * hd, D, "v_proj");
-  check_proj(o_proj, D, H * hd, "o_proj");
+  check_proj(o_proj, o_proj.defined() && o_proj.ndim() == 2 ? o_proj.dim(0) : D, H * hd, "o_proj");
   check_vec(q_bias, H * hd, "q_bias");
   check_vec(k_bias, Hkv * hd, "k_bias");
   check_vec(v_bias, Hkv * hd, "v_bias");
-  check_vec(o_bias, D, "o_bias");
+  check_vec(o_bias, o_proj.dim(0), "o_bias");
   check_vec(q_norm, q_norm.defined() && q_norm.numel() == H * hd ? H * hd : hd, "q_norm");
   check_vec(k_norm, k_norm.defined() && k_norm.numel() == Hkv * hd ? Hkv * hd : hd, "k_norm");
   if (!cfg.use_rope) return;  // the rope settings are never read
@@ -111,14 +111,29 @@ std::vector<std::pair<std::string, Tensor>> Attention::weights() const {
                                                        {"o_bias", &o_bias}, {"q_norm", &q_norm}, {"k_norm", &k_norm}};
   for (const auto& [name, t] : opt)
     if (t->defined()) w.emplace_back(name, *t);
+  for (const auto& [name, a] : {std::pair<const char*, const LowRank*>{"q_proj", &q_lora}, {"k_proj", &k_lora},
+                                {"v_proj", &v_lora}, {"o_proj", &o_lora}})
+    if (a->defined()) {
+      w.emplace_back(std::string(name) + ".lora_A", a->A);
+      w.emplace_back(std::string(name) + ".lora_B", a->B);
+    }
   return w;
+}
+
+void Attention::set_adapter(const std::string& proj, LowRank a) {
+  LowRank* dst = proj == "q_proj" ? &q_lora : proj == "k_proj" ? &k_lora : proj == "v_proj" ? &v_lora
+               : proj == "o_proj" ? &o_lora : nullptr;
+  if (!dst) throw ValueError("Attention: no projection '" + proj + "' to adapt (q_proj, k_proj, v_proj, o_proj)");
+  const Tensor& w = proj == "q_proj" ? q_proj : proj == "k_proj" ? k_proj : proj == "v_proj" ? v_proj : o_proj;
+  detail::check_adapter(a, w.dim(0), w.dim(1), "Attention", proj);
+  *dst = std::move(a);
 }
 
 Tensor Attention::forward(Context& ctx, const Tensor& x) {
   const int64_t N = ctx.N, H = cfg.n_heads, Hkv = cfg.n_kv_heads, hd = cfg.head_dim, G = H / Hkv;
-  Tensor q = ops::linear(x, q_proj, q_bias);  // (N, H*hd)
-  Tensor k = ops::linear(x, k_proj, k_bias);  // (N, Hkv*hd)
-  Tensor v = ops::linear(x, v_proj, v_bias);  // (N, Hkv*hd)
+  Tensor q = project(x, q_proj, q_bias, q_lora);  // (N, H*hd)
+  Tensor k = project(x, k_proj, k_bias, k_lora);  // (N, Hkv*hd)
+  Tensor v = project(x, v_proj, v_bias, v_lora);  // (N, Hkv*hd)
   if (q_norm.defined()) {  // per head, or over the whole row when the weight covers every head
     Tensor qh = q_norm.dim(0) == hd ? q.view({N * H, hd}) : q;
     ops::rms_norm(qh, q_norm, cfg.qk_norm_eps, cfg.qk_norm_offset, qh);
@@ -184,7 +199,7 @@ Tensor Attention::forward(Context& ctx, const Tensor& x) {
   acfg.softcap = cfg.softcap;
   ops::attention_heads(heads, acfg, G, hd, hd);
   capture_point(ctx, *this, "probs", [&] { return probabilities(ctx, L, cfg, q); });
-  return ops::linear(out, o_proj, o_bias);  // (N, D)
+  return project(out, o_proj, o_bias, o_lora);  // (N, Dout)
 }
 
 }  // namespace lb::blocks

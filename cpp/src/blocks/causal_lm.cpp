@@ -245,11 +245,13 @@ CausalLM::CausalLM(Tensor embed, float scale, BlockPtr body_, BlockPtr norm_, Te
   walk(body, [&](const Block& b) {
     if (const auto* a = dynamic_cast<const Attention*>(&b)) attention_.push_back(a);
     if (!b.state_shapes().empty()) stateful_.push_back(&b);
+    if (const auto* c = dynamic_cast<const ConcatEmbeddings*>(&b)) {
+      if (c->embed_dim != model_dim())
+        throw ValueError("CausalLM: a ConcatEmbeddings block takes embeddings of " + std::to_string(c->embed_dim) +
+                         " features but the embedding has D=" + std::to_string(model_dim()));
+      keep_embeddings_ = true;
+    }
   });
-  for (const Attention* a : attention_)
-    if (a->model_dim() != model_dim())
-      throw ValueError("CausalLM: an attention block takes D=" + std::to_string(a->model_dim()) +
-                       " but the embedding has D=" + std::to_string(model_dim()));
   for (const auto& [what, b] : {std::pair<const char*, const BlockPtr*>{"body", &body}, {"norm", &norm}})
     if (*b && (((*b)->in_dim() >= 0 && (*b)->in_dim() != model_dim()) ||
                ((*b)->out_dim() >= 0 && (*b)->out_dim() != model_dim())))
@@ -400,6 +402,7 @@ Tensor CausalLM::forward_chunk(KVCache&, const int32_t* tokens, Context& ctx, Lo
     float* p = x.data<float>();
     for (int64_t i = 0; i < x.numel(); ++i) p[i] *= embed_scale;
   }
+  if (keep_embeddings_) ctx.embeddings = x.clone();  // x itself is the residual stream, changed in place
   x = body->run(ctx, x);
   if (logits == Logits::none) return x;
   return norm ? norm->run(ctx, x) : x;

@@ -2,6 +2,7 @@
 #pragma once
 #include <string>
 
+#include "lmblocks/blocks.h"
 #include "lmblocks/dtype.h"
 #include "lmblocks/error.h"
 #include "lmblocks/tensor.h"
@@ -24,6 +25,17 @@ inline void check_vector(const Tensor& b, int64_t n, const char* block, const ch
   if (b.defined() && (b.ndim() != 1 || b.dim(0) != n))
     throw ValueError(std::string(block) + ": " + name + " has shape " + shape_str(b.shape()) + "; expected (" +
                      std::to_string(n) + ",)");
+}
+
+// A low-rank adapter for a (rows, cols) projection: undefined, or A (r, cols) and B (rows, r).
+inline void check_adapter(const LowRank& a, int64_t rows, int64_t cols, const char* block, const std::string& proj) {
+  if (!a.A.defined() && !a.B.defined()) return;
+  if (!a.A.defined() || !a.B.defined())
+    throw ValueError(std::string(block) + ": adapter " + proj + " needs both lora_A and lora_B");
+  const std::string na = proj + ".lora_A", nb = proj + ".lora_B";
+  if (a.A.ndim() != 2) throw ValueError(std::string(block) + ": " + na + " has shape " + shape_str(a.A.shape()) + "; expected (r, " + std::to_string(cols) + ")");
+  check_matrix(a.A, a.A.dim(0), cols, block, na.c_str());
+  check_matrix(a.B, rows, a.A.dim(0), block, nb.c_str());
 }
 
 }  // namespace lb::blocks::detail

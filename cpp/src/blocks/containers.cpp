@@ -5,6 +5,7 @@
 #include "lmblocks/runtime.h"
 
 #include <cmath>
+#include <tuple>
 
 namespace lb::blocks {
 
@@ -158,6 +159,49 @@ Tensor Sequential::forward(Context& ctx, const Tensor& x) {
 std::vector<std::pair<std::string, BlockPtr>> Sequential::named_children() const {
   std::vector<std::pair<std::string, BlockPtr>> c;
   for (size_t i = 0; i < blocks.size(); ++i) c.emplace_back(std::to_string(i), blocks[i]);
+  return c;
+}
+
+// ---- Parallel ---------------------------------------------------------------------------------------
+
+Parallel::Parallel(std::vector<BlockPtr> blocks_) : blocks(std::move(blocks_)) {
+  if (blocks.empty()) throw ValueError("Parallel: no blocks");
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (!blocks[i]) throw ValueError("Parallel: block " + std::to_string(i) + " is None");
+    for (auto [what, d, dst] : {std::tuple<const char*, int64_t, int64_t*>{"takes", blocks[i]->in_dim(), &in_},
+                                {"returns", blocks[i]->out_dim(), &out_}}) {
+      if (d < 0) continue;
+      if (*dst >= 0 && d != *dst)
+        throw ValueError("Parallel: block " + std::to_string(i) + " (" + blocks[i]->kind() + ") " + what + " " +
+                         std::to_string(d) + " features but the blocks before it " + what + " " +
+                         std::to_string(*dst));
+      *dst = d;
+    }
+  }
+}
+
+Tensor Parallel::forward(Context& ctx, const Tensor& x) {
+  Tensor out;
+  for (const BlockPtr& b : blocks) {
+    const Tensor h = b->run(ctx, x);
+    if (!out.defined()) {
+      out = h.raw() == x.raw() ? h.clone() : h;  // the sum is a new tensor, never x
+      continue;
+    }
+    if (h.shape() != out.shape())
+      throw ValueError("Parallel: " + b->kind() + " returned " + shape_str(h.shape()) + " but the blocks before it " +
+                       shape_str(out.shape()));
+    ops::add(out, h, out);
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, BlockPtr>> Parallel::named_children() const {
+  std::vector<std::pair<std::string, BlockPtr>> c;
+  bool unique = true;
+  for (size_t i = 0; i < blocks.size() && unique; ++i)
+    for (size_t j = 0; j < i; ++j) unique = unique && blocks[i]->role() != blocks[j]->role();
+  for (size_t i = 0; i < blocks.size(); ++i) c.emplace_back(unique ? blocks[i]->role() : std::to_string(i), blocks[i]);
   return c;
 }
 

@@ -86,7 +86,7 @@ Mamba2::Mamba2(const Mamba2Config& c, Tensor ip, Tensor cw, Tensor cb, Tensor dt
   check_vec(dt_bias, H, "dt_bias", true);
   check_vec(A_log, H, "A_log", true);
   check_vec(D, H, "D", true);
-  check_vec(norm, di, "norm", true);
+  check_vec(norm, di, "norm", false);
   check_vec(in_bias, di + cd + H, "in_bias", false);
   check_vec(out_bias, Dm, "out_bias", false);
   conv_weight = f32(conv_weight).contiguous();
@@ -132,14 +132,19 @@ Tensor Mamba2::forward(Context& ctx, const Tensor& x) {
     std::memcpy(y.data<float>() + run.begin * di, yr.contiguous().raw(), size_t(run.n * di) * 4);
   }
   capture_point(ctx, *this, "state_norm", [&] { return norms; });
-  const Tensor yn = ops::rms_norm_gated(y, zxbcdt.slice(1, 0, di), norm, cfg.norm_eps, di / G);
-  return ops::linear(yn, out_proj, out_bias);
+  const Tensor z = zxbcdt.slice(1, 0, di);
+  if (!norm.defined()) return ops::linear(ops::swiglu(z, y, y), out_proj, out_bias);  // y * silu(z)
+  if (!cfg.norm_before_gate) return ops::linear(ops::rms_norm_gated(y, z, norm, cfg.norm_eps, di / G), out_proj, out_bias);
+  Tensor yn = ops::rms_norm_gated(y, Tensor(), norm, cfg.norm_eps, di / G);
+  return ops::linear(ops::swiglu(z, yn, yn), out_proj, out_bias);
 }
 
 std::vector<std::pair<std::string, Tensor>> Mamba2::weights() const {
   std::vector<std::pair<std::string, Tensor>> w = {{"in_proj", in_proj}, {"conv_weight", conv_weight}};
   if (conv_bias.defined()) w.emplace_back("conv_bias", conv_bias);
-  w.insert(w.end(), {{"dt_bias", dt_bias}, {"A_log", A_log}, {"D", D}, {"norm", norm}, {"out_proj", out_proj}});
+  w.insert(w.end(), {{"dt_bias", dt_bias}, {"A_log", A_log}, {"D", D}});
+  if (norm.defined()) w.emplace_back("norm", norm);
+  w.emplace_back("out_proj", out_proj);
   if (in_bias.defined()) w.emplace_back("in_bias", in_bias);
   if (out_bias.defined()) w.emplace_back("out_bias", out_bias);
   return w;

@@ -79,16 +79,25 @@ MLP::MLP(Tensor gate, Tensor up, Tensor down, Activation act_, Tensor ub, Tensor
   detail::check_vector(down_bias, D, "MLP", "down_bias");
 }
 
+void MLP::set_adapter(const std::string& proj, LowRank a) {
+  LowRank* dst = proj == "gate_proj" && gated() ? &gate_lora : proj == "up_proj" ? &up_lora
+               : proj == "down_proj" ? &down_lora : nullptr;
+  if (!dst) throw ValueError("MLP: no projection '" + proj + "' to adapt (gate_proj, up_proj, down_proj)");
+  const Tensor& w = proj == "gate_proj" ? gate_proj : proj == "up_proj" ? up_proj : down_proj;
+  detail::check_adapter(a, w.dim(0), w.dim(1), "MLP", proj);
+  *dst = std::move(a);
+}
+
 Tensor MLP::forward(Context&, const Tensor& x) {
-  Tensor u = ops::linear(x, up_proj, up_bias);  // (N, F)
+  Tensor u = project(x, up_proj, up_bias, up_lora);  // (N, F)
   if (gate_proj.defined()) {
-    Tensor g = ops::linear(x, gate_proj, gate_bias);
+    Tensor g = project(x, gate_proj, gate_bias, gate_lora);
     activate_gated(g, u, act);
     u = g;
   } else {
     activate(u, act);
   }
-  return ops::linear(u, down_proj, down_bias);  // (N, D)
+  return project(u, down_proj, down_bias, down_lora);  // (N, D)
 }
 
 std::vector<std::pair<std::string, Tensor>> MLP::weights() const {
@@ -99,6 +108,12 @@ std::vector<std::pair<std::string, Tensor>> MLP::weights() const {
   for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"gate_bias", &gate_bias},
                                 {"up_bias", &up_bias}, {"down_bias", &down_bias}})
     if (t->defined()) w.emplace_back(name, *t);
+  for (const auto& [name, a] : {std::pair<const char*, const LowRank*>{"gate_proj", &gate_lora},
+                                {"up_proj", &up_lora}, {"down_proj", &down_lora}})
+    if (a->defined()) {
+      w.emplace_back(std::string(name) + ".lora_A", a->A);
+      w.emplace_back(std::string(name) + ".lora_B", a->B);
+    }
   return w;
 }
 

@@ -97,6 +97,8 @@ def _ssm(model, lm, layers):
         if kind == "Mamba2":
             key = (m.n_heads, m.head_dim, m.n_groups, m.state_size, m.conv_kernel, m.norm_eps)
             _check(m.dt_limit[0] == 0 and m.dt_limit[1] >= 1e30, f"{p}.mamba", "limits dt (time_step_limit)", arch)
+            _check("norm" in w and not m.norm_before_gate, f"{p}.mamba", "has no gated norm, or norms before the gate",
+                   arch)
         else:
             key = (m.d_inner, m.state_size, m.dt_rank, m.conv_kernel)
         m0 = m0 or (m, key)
@@ -145,6 +147,7 @@ def _llama(model, lm, layers):
         _check(a.rope, f"{p}.attn", "has no rope")
         w = a.weights()
         _check("q_norm" not in w and "k_norm" not in w, f"{p}.attn", "has QK-norm")
+        _check(not any(".lora_" in k for k in w), f"{p}.attn", "has low-rank adapters (fold B A into the weights)")
         key = (a.n_heads, a.n_kv_heads, a.head_dim, a.rope_theta, a.rotary_dim, a.rope_scaling, a.rope_interleaved)
         _check(a.rope_scaling[0] in ("none", "linear"), f"{p}.attn", "uses llama3 rope scaling (llama.cpp "
                "reads that from a rope_freqs tensor)")
@@ -167,6 +170,7 @@ def _llama(model, lm, layers):
         _check(m is not None and m.kind in ("MLP", "MoE"), f"{p}'s MLP", "is missing or not an MLP/MoE")
         _check(m.gated and m.activation == "silu", f"{p}.{m.role}", "is not a gated SiLU MLP")
         mw = m.weights()
+        _check(not any(".lora_" in k for k in mw), f"{p}.{m.role}", "has low-rank adapters (fold B A into the weights)")
         if m.kind == "MLP":
             _check(moe0 is None, p, "is dense while earlier layers have experts")
             _check(not any(k.endswith("bias") for k in mw), f"{p}.mlp", "has biases")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import (bamba, gemma3, granitemoe, granitemoehybrid, jamba, llama, mamba, mamba2, mistral, mixtral, olmoe, phi3,
-               qwen2, qwen2_moe, qwen3_moe)
+from . import (bamba, falcon_h1, gemma3, granitemoe, granitemoehybrid, jamba, llama, mamba, mamba2, mistral, mixtral,
+               olmoe, phi3, qwen2, qwen2_moe, qwen3_moe, zamba2)
 from .base import ModelArgs, Weights
 
 _MODULES = (llama, mistral, qwen2, phi3, gemma3, mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, mamba, mamba2, bamba,
-            jamba, granitemoehybrid)
+            jamba, granitemoehybrid, falcon_h1, zamba2)
 BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in _MODULES for t in m.MODEL_TYPES}
 BY_GGUF_ARCH: dict[str, ModuleType] = {a: m for m in _MODULES for a in m.GGUF_ARCHS}
 
