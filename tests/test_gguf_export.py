@@ -71,3 +71,36 @@ def test_blocks_llama_cpp_has_no_graph_for_raise(change, words, tmp_path):
     with pytest.raises(NotImplementedError, match=words):
         model.save(tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_composed_mamba2_attention_hybrid_runs_in_llama_cpp_as_granitehybrid(rope, tmp_path):
+    """Mamba2 and attention layers, each with an MLP, and Granite's scalars: llama.cpp's "granitehybrid" graph
+    gives our greedy tokens and logits, and lmblocks reads the file back to the same logits."""
+    rng = np.random.default_rng(3)
+    blocks = {"M": lambda i: nn.Layer(nn.Mamba2(D, head_dim=16, state_size=16, n_groups=2, rng=rng, std=0.1),
+                                      nn.MLP(D, 160, rng=rng, std=0.1), eps=1e-5, residual_scale=0.7),
+              "A": lambda i: nn.Layer(nn.Attention(D, 6, 2, rope=rope, scale=0.2, rng=rng, std=0.1),
+                                      nn.MLP(D, 160, rng=rng, std=0.1), eps=1e-5, residual_scale=0.7)}
+    model = nn.Model(nn.Embedding(300, D, scale=1.5, rng=rng, std=1.0), nn.Stack("MMAMA", blocks),
+                     nn.RMSNorm(D, eps=1e-5), tie=False, head=rng.standard_normal((300, D), np.float32) * 0.1)
+    model.lm.logit_scale = 0.25
+    path = tmp_path / "hybrid.gguf"
+    model.save(path)
+    assert lb.io.GGUFFile(path).metadata["general.architecture"] == "granitehybrid"
+    prompts = [np.random.default_rng(s).integers(0, 300, n).tolist() for s, n in ((1, 7), (2, 33))]
+    assert_llama_cpp_agrees(model, path, prompts, 12, what=f"rope={rope}")
+    back = lb.load(path, verbose=False)
+    for ids in prompts:
+        want = model.logits(ids)
+        np.testing.assert_allclose(back.logits(ids), want, atol=1e-5 * np.abs(want).max())
+
+
+def test_granitehybrid_export_names_what_llama_cpp_cannot_hold(tmp_path):
+    rng = np.random.default_rng(4)
+    m = nn.Model(nn.Embedding(300, D, rng=rng), nn.Stack("MA", {
+        "M": lambda i: nn.Layer(nn.Mamba2(D, head_dim=16, state_size=16, rng=rng), nn.MLP(D, 160, rng=rng)),
+        "A": lambda i: nn.Layer(nn.Attention(D, 6, 2, window=16, rng=rng), nn.MLP(D, 160, rng=rng))}), nn.RMSNorm(D))
+    with pytest.raises(NotImplementedError, match=r"layers.1.attn is bidirectional, windowed or soft-capped; "
+                                                  r"llama.cpp's 'granitehybrid' graph"):
+        m.save(tmp_path / "m.gguf")
