@@ -151,7 +151,8 @@ def model_files(out_dir: pathlib.Path) -> dict[str, pathlib.Path]:
     files["gemma3-q4_k_m"] = assets.gemma3_270m()
     files.update({f"tinyllama-{q}": out_dir / f"tinyllama-shape-{q}.gguf" for q in ("q4_0", "q4_k_m", "q8_0")})
     files["olmoe-shape-q4_0"] = out_dir / "olmoe-shape-q4_0.gguf"
-    files.update({f"mamba2-shape-{q}": out_dir / f"mamba2-shape-{q}.gguf" for q in ("f32", "q8_0", "q4_0")})
+    files.update({f"{m}-shape-{q}": out_dir / f"{m}-shape-{q}.gguf" for m in ("mamba2", "granitehybrid")
+                  for q in ("f32", "q8_0", "q4_0")})
     return files
 
 

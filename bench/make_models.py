@@ -1,6 +1,6 @@
 """GGUF files for the LLM benchmark, made locally because this machine reaches no model hub.
 
-    python bench/make_models.py [--out DIR] [--only smollm2|tinyllama|olmoe|mamba2] [--keep-f16]
+    python bench/make_models.py [--out DIR] [--only smollm2|tinyllama|olmoe|mamba2|hybrid] [--keep-f16]
 
 - SmolLM2-135M-Instruct at the formats people actually run: its only shipped file is Q4_1, so its
   weights are dequantized to F16 (norms stay F32) with every metadata key copied (tokenizer, chat
@@ -24,6 +24,9 @@
   seed fixed) and written by lmblocks' GGUF exporter as F32, then quantized by llama.cpp to Q8_0 and
   Q4_0 (the conv, A, D, dt and norm tensors stay F32, as llama-quantize leaves them). No tokenizer
   ("no_vocab"): both engines take token ids.
+- A Granite-4.0-H-shaped hybrid at the same width ("granitehybrid": 24 layers, every sixth attention
+  without rope (12 heads, 4 KV heads), the rest Mamba2 as above, each layer with a gated MLP of 2048),
+  written and quantized the same way.
 
 Every file is loaded by llama.cpp afterwards and must produce tokens; SmolLM2's F16 must answer
 a chat prompt sensibly. Files already present are skipped, so the script is cheap to rerun.
@@ -303,30 +306,39 @@ def make_olmoe(out: pathlib.Path, keep_f16: bool) -> None:
 MAMBA2 = dict(dim=768, n_layer=24, head_dim=64, state_size=128, n_groups=1, n_vocab=50280)
 
 
-def make_mamba2(out: pathlib.Path) -> None:
+HYBRID = dict(MAMBA2, n_head=12, n_head_kv=4, n_ff=2048, attn_every=6)
+
+
+def make_ssm(out: pathlib.Path, stem: str, hybrid: bool) -> None:
+    """Compose the model with lmblocks.nn (seeded), write it with lmblocks' exporter, quantize with llama.cpp."""
     import lmblocks as lb
     from lmblocks import nn
 
-    f32 = out / "mamba2-shape-f32.gguf"
-    say("Mamba2-130M shape, random weights")
+    f32 = out / f"{stem}-f32.gguf"
+    say(f"{stem}: random weights")
     if f32.exists():
         say(f"  skip {f32.name} (exists)")
     else:
-        hp, rng = MAMBA2, np.random.default_rng(SEED)
+        hp, rng = (HYBRID if hybrid else MAMBA2), np.random.default_rng(SEED)
         D = hp["dim"]
-        model = nn.Model(nn.Embedding(hp["n_vocab"], D, rng=rng), nn.Stack("M" * hp["n_layer"], {
-            "M": lambda i: nn.Layer(nn.Mamba2(D, head_dim=hp["head_dim"], state_size=hp["state_size"],
-                                              n_groups=hp["n_groups"], rng=rng), eps=1e-5)}), nn.RMSNorm(D, eps=1e-5))
+        mlp = (lambda: nn.MLP(D, hp["n_ff"], rng=rng)) if hybrid else (lambda: None)
+        blocks = {"M": lambda i: nn.Layer(nn.Mamba2(D, head_dim=hp["head_dim"], state_size=hp["state_size"],
+                                                    n_groups=hp["n_groups"], rng=rng), mlp(), eps=1e-5),
+                  "A": lambda i: nn.Layer(nn.Attention(D, hp["n_head"], hp["n_head_kv"], rope=False, rng=rng), mlp(),
+                                          eps=1e-5)}
+        pattern = "".join("A" if hybrid and i % hp["attn_every"] == hp["attn_every"] - 1 else "M"
+                          for i in range(hp["n_layer"]))
+        model = nn.Model(nn.Embedding(hp["n_vocab"], D, rng=rng), nn.Stack(pattern, blocks), nn.RMSNorm(D, eps=1e-5))
         model.save(f32)
-        say(f"  wrote {f32.name} (lmblocks {lb.__version__})")
+        say(f"  wrote {f32.name} ({pattern}, lmblocks {lb.__version__})")
         check_decodes(f32)
-    make_quants(f32, "mamba2-shape", out, {"q8_0": QUANTS["q8_0"], "q4_0": QUANTS["q4_0"]})
+    make_quants(f32, stem, out, {"q8_0": QUANTS["q8_0"], "q4_0": QUANTS["q4_0"]})
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
-    ap.add_argument("--only", choices=["smollm2", "tinyllama", "olmoe", "mamba2"])
+    ap.add_argument("--only", choices=["smollm2", "tinyllama", "olmoe", "mamba2", "hybrid"])
     ap.add_argument("--keep-f16", action="store_true",
                     help="keep tinyllama-shape-f16.gguf (2.1 GiB) and olmoe-shape-f16.gguf (13 GiB)")
     args = ap.parse_args(argv)
@@ -338,7 +350,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in (None, "olmoe"):
         make_olmoe(args.out, args.keep_f16)
     if args.only in (None, "mamba2"):
-        make_mamba2(args.out)
+        make_ssm(args.out, "mamba2-shape", hybrid=False)
+    if args.only in (None, "hybrid"):
+        make_ssm(args.out, "granitehybrid-shape", hybrid=True)
     for path in sorted(args.out.glob("*.gguf")):
         say(f"{path.stat().st_size / 2**20:9.1f} MiB  {path}")
 
