@@ -469,7 +469,7 @@ def test_matmul_noncontiguous(isa, rng, ka, kb):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("x_shape,N", [((1,), 1), ((7,), 13), ((5, 33), 17), ((2, 3, 32), 31), ((4, 4099), 7),
-                                       ((1, 16), 33)])
+                                       ((1, 16), 33), ((3, 4131), 9), ((2, 95), 70)])  # M < 4: the streaming rows
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear(isa, rng, x_shape, N, bias, dtype):
     x, w = rand(rng, x_shape, dtype), rand(rng, (N, x_shape[-1]), dtype)

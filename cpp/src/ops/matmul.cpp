@@ -207,10 +207,13 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Ten
   const Tensor x = blas_operand(xv, true, M, K, mx, op, "x");
   const float beta = bias_in.defined() ? 1.f : 0.f;
 
-  // Weights read as stored: f16/bf16 rows widened in registers against a few rows of x (decode), ggml
+  // Weights read as stored: f16/bf16/f32 rows (widened) in registers against a few rows of x (decode), ggml
   // blocks (repacked at load, or as in the file) and f16/bf16 prefill against int16-quantized activations. The product lands in y, or beside it and then onto the
   // bias rows already there.
-  const bool half = (w_in.dtype() == DType::f16 || w_in.dtype() == DType::bf16) && M < 4 && w_in.strides()[1] == 2;
+  // f32 weights too: this streaming loop reads them nearer DRAM speed than sgemv does.
+  const DType wt_ = w_in.dtype();
+  const bool half = (wt_ == DType::f16 || wt_ == DType::bf16 || wt_ == DType::f32) && M < 4 &&
+                    w_in.strides()[1] == w_in.itemsize() && w_in.strides()[0] % w_in.itemsize() == 0;
   // f16/bf16 prefill rounds weights to 12 bits per chunk: only for a model's own matrices (CausalLM
   // registers them), never for weights handed to lb.ops.linear, which stays exact for them.
   const bool blocks = activation_quantization() && qlinear_fast(w_in.dtype(), M) && K % 32 == 0 &&
