@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ..io import FormatError
 from . import llama, mamba
 from .base import ModelArgs, Weights, check_positive_int, gguf_config, nn, per_layer_kv_heads
-from .mixtral import experts
+from .mixtral import experts, with_num_experts
 
 MODEL_TYPES = ("jamba",)
 GGUF_ARCHS = ("jamba",)
@@ -70,10 +70,7 @@ class JambaArgs(ModelArgs):
 
     @classmethod
     def from_config(cls, config: dict, where: str = "config"):
-        config = dict(config)
-        if config.get("num_experts") is None and config.get("num_local_experts") is not None:
-            config["num_experts"] = config["num_local_experts"]
-        return super().from_config(config, where)
+        return super().from_config(with_num_experts(config), where)
 
     def validate(self, where: str) -> None:
         super().validate(where)

@@ -40,6 +40,15 @@ def _number_field(where: str, name: str, v) -> None:
         raise FormatError(f"{where}: field {name!r} is {v!r}; expected a positive finite number")
 
 
+def with_num_experts(config: dict) -> dict:
+    """A copy of ``config`` with ``num_experts`` set from ``num_local_experts`` (Mixtral's, Jamba's name)
+    when only that is given."""
+    config = dict(config)
+    if config.get("num_experts") is None and config.get("num_local_experts") is not None:
+        config["num_experts"] = config["num_local_experts"]
+    return config
+
+
 @dataclass
 class MoEArgs(ModelArgs):
     """A decoder whose MLPs are (some or all) experts. ``num_experts`` is read from ``num_experts`` or,
@@ -53,10 +62,7 @@ class MoEArgs(ModelArgs):
 
     @classmethod
     def from_config(cls, config: dict, where: str = "config"):
-        config = dict(config)
-        if config.get("num_experts") is None and config.get("num_local_experts") is not None:
-            config["num_experts"] = config["num_local_experts"]
-        return super().from_config(config, where)
+        return super().from_config(with_num_experts(config), where)
 
     def validate(self, where: str) -> None:
         super().validate(where)

@@ -159,4 +159,9 @@ def build(args: Zamba2Args, w: Weights, progress=iter) -> "nn.CausalLM":
     embed = w.take("model.embed_tokens.weight", (V, D))
     head = None if args.tie_word_embeddings else w.take("lm_head.weight", (V, D))
     layers = nn.Sequential([layer(i) for i in progress(range(args.num_hidden_layers))])
+    # A file holding each layer's own copy of the shared block (untied) stores every use's adapters in each
+    # copy; a layer reads only its own use's, as transformers does. The others are not "unused" by mistake.
+    for name in w.unused():
+        if ".shared_transformer." in name and "_adapter_list." in name:
+            w.take(name)
     return nn.CausalLM(embed, 1.0, layers, norm("model.final_layernorm.weight", D), head)
