@@ -14,7 +14,8 @@ import torch
 import lmblocks as lb
 from lmblocks.io import FormatError
 
-from test_mamba import assert_decode_equals_recompute, hf_logits, randomize, rel_err
+from test_mamba import (assert_decode_equals_recompute, assert_states_equal_cache, hf_logits, prefill_both, randomize,
+                        rel_err)
 
 V = 300
 
@@ -103,22 +104,10 @@ def test_decode_step_by_step_equals_full_recompute(tiny):
 
 def test_states_after_prefill_equal_transformers_cache(tiny):
     name, ref, model, _ = tiny
-    ids = np.random.default_rng(4).integers(0, V, 23)
-    with torch.no_grad():
-        out = ref(torch.from_numpy(ids[None]), use_cache=True)
-    hf = out.past_key_values
-    cache = model.new_cache(1, 32)
-    model.forward(cache, ids.astype(np.int32))
-    states = cache.states()
+    states, out = prefill_both(model, ref)
     want_layers = [i for i, k in enumerate(mixers(model)) if k.startswith("Mamba")]
     assert [int(p.split(".")[1]) for p, _ in states] == want_layers
-    for i, (path, (conv, ssm)) in zip(want_layers, states):
-        want_ssm = hf.get_recurrent_state(i, state_idx=0)[0].numpy()
-        want_conv = hf.get_conv_state(i, state_idx=0)[0].numpy()  # (conv_dim, K): the last K conv inputs
-        assert want_ssm.any() and want_conv.any()
-        np.testing.assert_allclose(ssm[0], want_ssm, atol=1e-5 * np.abs(want_ssm).max(), err_msg=f"{name} {path}")
-        np.testing.assert_allclose(conv[0], want_conv[:, 1:], atol=1e-6 * np.abs(want_conv).max(),
-                                   err_msg=f"{name} {path}")
+    assert_states_equal_cache(states, out.past_key_values, want_layers, name, nonzero=True)
 
 
 def test_save_and_load_round_trip(tiny, tmp_path):

@@ -13,7 +13,8 @@ import torch
 import lmblocks as lb
 from lmblocks import serialize
 from lmblocks.io import FormatError
-from test_mamba import assert_decode_equals_recompute, hf_logits, randomize, rel_err, saved_and_loaded
+from test_mamba import (assert_decode_equals_recompute, assert_states_equal_cache, hf_logits, prefill_both, randomize,
+                        rel_err, saved_and_loaded)
 
 V = 300
 _MULTIPLIERS = dict(embedding_multiplier=2.0, lm_head_multiplier=0.5, key_multiplier=0.7, attention_in_multiplier=1.3,
@@ -83,17 +84,9 @@ def test_falcon_h1_decode_equals_recompute(falcon):
 
 def test_falcon_h1_states_after_prefill_equal_transformers_cache(falcon):
     name, ref, model, _ = falcon
-    ids = np.random.default_rng(4).integers(0, V, 23)
-    with torch.no_grad():
-        out = ref(torch.tensor(ids[None]), use_cache=True)
-    cache = model.new_cache(1, 32)
-    model.forward(cache, ids.astype(np.int32))
-    for i, (path, (conv, ssm)) in enumerate(cache.states()):
-        assert path == f"layers.{i}.mixer.mamba"
-        want_ssm = out.past_key_values.get_recurrent_state(i, state_idx=0)[0].numpy()  # (H, P, N)
-        want_conv = out.past_key_values.get_conv_state(i, state_idx=0)[0].numpy()  # (conv_dim, K)
-        np.testing.assert_allclose(ssm[0], want_ssm, atol=1e-5 * np.abs(want_ssm).max(), err_msg=name)
-        np.testing.assert_allclose(conv[0], want_conv[:, 1:], atol=1e-5 * np.abs(want_conv).max(), err_msg=name)
+    states, out = prefill_both(model, ref)
+    assert [p for p, _ in states] == [f"layers.{i}.mixer.mamba" for i in range(len(states))]
+    assert_states_equal_cache(states, out.past_key_values, range(len(states)), name, conv_atol=1e-5)
 
 
 def assert_sequences_in_one_batch_equal_each_alone(model):
@@ -321,17 +314,9 @@ def test_zamba2_decode_equals_recompute(zamba):
 
 def test_zamba2_states_after_prefill_equal_transformers_cache(zamba):
     name, ref, model = zamba
-    ids = np.random.default_rng(4).integers(0, V, 23)
-    with torch.no_grad():
-        out = ref(torch.tensor(ids[None]), use_cache=True)
-    cache = model.new_cache(1, 32)
-    model.forward(cache, ids.astype(np.int32))
-    for i, (path, (conv, ssm)) in enumerate(cache.states()):
-        assert path == f"layers.{i}.mamba"
-        want_ssm = out.past_key_values.get_recurrent_state(i, state_idx=0)[0].numpy()  # (H, P, N)
-        want_conv = out.past_key_values.get_conv_state(i, state_idx=0)[0].numpy()  # (conv_dim, K)
-        np.testing.assert_allclose(ssm[0], want_ssm, atol=1e-5 * np.abs(want_ssm).max(), err_msg=name)
-        np.testing.assert_allclose(conv[0], want_conv[:, 1:], atol=1e-5 * np.abs(want_conv).max(), err_msg=name)
+    states, out = prefill_both(model, ref)
+    assert [p for p, _ in states] == [f"layers.{i}.mamba" for i in range(len(states))]
+    assert_states_equal_cache(states, out.past_key_values, range(len(states)), name, conv_atol=1e-5)
 
 
 def use_attention(model, i):

@@ -96,21 +96,35 @@ def test_decode_step_by_step_equals_full_recompute(tiny):
     assert_decode_equals_recompute(model, np.random.default_rng(3).integers(0, V, 40).astype(np.int32), 10)
 
 
-def test_states_after_prefill_equal_transformers_cache(tiny):
-    name, ref, model = tiny
-    ids = np.random.default_rng(4).integers(0, V, 23)
+def prefill_both(model, ref, n=23, seed=4):
+    """n random tokens prefilled by both: (our cache.states(), transformers' output with its cache)."""
+    ids = np.random.default_rng(seed).integers(0, V, n)
     with torch.no_grad():
         out = ref(torch.from_numpy(ids)[None], use_cache=True)
     cache = model.new_cache(1, 32)
     model.forward(cache, ids.astype(np.int32))
-    K = ref.config.conv_kernel
-    for i, (path, (conv, ssm)) in enumerate(cache.states()):
-        assert path == f"layers.{i}.mamba"
-        want_ssm = out.cache_params.get_recurrent_state(i, state_idx=0)[0].numpy()  # (H, P, N) or (d_inner, N)
-        want_conv = out.cache_params.get_conv_state(i, state_idx=0)[0].numpy()      # (conv_dim, K): last K inputs
-        np.testing.assert_allclose(ssm[0], want_ssm, atol=1e-5 * np.abs(want_ssm).max(), err_msg=name)
-        np.testing.assert_allclose(conv[0], want_conv[:, 1:], atol=1e-6 * np.abs(want_conv).max(), err_msg=name)
-        assert conv.shape[-1] == K - 1
+    return cache.states(), out
+
+
+def assert_states_equal_cache(states, hf_cache, layers, what, conv_atol=1e-6, nonzero=False):
+    """Each block's (conv window, SSM state) against transformers' cache of layer `layers[k]`: the state, and
+    the window (we keep the last K - 1 conv inputs, transformers the last K)."""
+    for i, (path, (conv, ssm)) in zip(layers, states):
+        want_ssm = hf_cache.get_recurrent_state(i, state_idx=0)[0].numpy()  # (H, P, N) or (d_inner, N)
+        want_conv = hf_cache.get_conv_state(i, state_idx=0)[0].numpy()      # (conv_dim, K): last K inputs
+        if nonzero:
+            assert want_ssm.any() and want_conv.any()
+        np.testing.assert_allclose(ssm[0], want_ssm, atol=1e-5 * np.abs(want_ssm).max(), err_msg=f"{what} {path}")
+        np.testing.assert_allclose(conv[0], want_conv[:, 1:], atol=conv_atol * np.abs(want_conv).max(),
+                                   err_msg=f"{what} {path}")
+
+
+def test_states_after_prefill_equal_transformers_cache(tiny):
+    name, ref, model = tiny
+    states, out = prefill_both(model, ref)
+    assert [p for p, _ in states] == [f"layers.{i}.mamba" for i in range(len(states))]
+    assert all(conv.shape[-1] == ref.config.conv_kernel - 1 for _, (conv, _) in states)
+    assert_states_equal_cache(states, out.cache_params, range(len(states)), name)
 
 
 def test_state_save_and_restore_branches_a_generation(tiny):

@@ -123,6 +123,11 @@ namespace lb::ops {
 // state (C, S) with S >= K-1 holds the S inputs before x (transformers keeps S = K). -> (T, C)
 Tensor causal_conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor state, bool silu);
 
+// The step each SSM scan takes: clamp(softplus(dt + dt_bias), lo, hi) (softplus as torch's, threshold 20;
+// skipped when `softplus` is false) for dt (T, W) (any strides, f32) and dt_bias (W,) or undefined. -> (T, W)
+// f32. selective_scan and ssd_scan compute their steps with it; so do the blocks' "dt" hook points.
+Tensor ssm_steps(const Tensor& dt, const Tensor& dt_bias, bool softplus = true, float lo = 0.f, float hi = 1e30f);
+
 // Mamba's selective scan, token by token: dt' = softplus(dt + dt_bias) (softplus optional),
 // h = exp(dt' A) * h + dt' B_t x_t, y = C_t . h + D x, y *= silu(z). x, dt, z (T, Dm); A (Dm, N)
 // (already -exp(A_log)); B, C (T, N); D, dt_bias (Dm,); state (Dm, N). D, z, dt_bias optional. -> (T, Dm)

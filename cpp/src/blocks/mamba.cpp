@@ -22,22 +22,9 @@ void check_vec(const Tensor& t, int64_t n, const char* name, bool required, cons
 Tensor f32(const Tensor& t) { return !t.defined() || t.dtype() == DType::f32 ? t : t.to(DType::f32); }
 
 // ---- hook points: "dt" and "state_norm" ----------------------------------------------------------
-// "dt": the step the scan takes per token, clamp(softplus(dt + dt_bias), lo, hi), (N, heads or channels).
+// "dt": the step the scan takes per token (ops::ssm_steps), (N, heads or channels).
 // "state_norm": the L2 norm of each head's (P, N) or channel's (N,) state after each token. To see every
 // state the scan then runs one token at a time (the recurrence; the chunked form sums in another order).
-
-Tensor step_sizes(const Tensor& raw, const Tensor& bias, float lo, float hi) {
-  const int64_t N = raw.dim(0), W = raw.dim(1);
-  const Tensor r = raw.contiguous();
-  Tensor out = Tensor::empty({N, W});
-  const float *src = r.data<float>(), *b = bias.data<float>();
-  float* o = out.data<float>();
-  for (int64_t i = 0; i < N * W; ++i) {
-    const float v = src[i] + b[i % W];
-    o[i] = std::min(std::max(v > 20.f ? v : std::log1p(std::exp(v)), lo), hi);  // torch's softplus
-  }
-  return out;
-}
 
 // Runs `step(t)` (token t of a run, updating `state` (W, ...) in place, returning its output row) for
 // each token, writing the norm of each of the W state rows after it into norms[t * W ...].
@@ -112,7 +99,9 @@ Tensor Mamba2::forward(Context& ctx, const Tensor& x) {
   ssd.chunk_size = cfg.chunk_size;
   ssd.dt_min = cfg.dt_min;
   ssd.dt_max = cfg.dt_max;
-  capture_point(ctx, *this, "dt", [&] { return step_sizes(zxbcdt.slice(1, di + cd, di + cd + H), dt_bias, cfg.dt_min, cfg.dt_max); });
+  capture_point(ctx, *this, "dt", [&] {
+    return ops::ssm_steps(zxbcdt.slice(1, di + cd, di + cd + H), dt_bias, true, cfg.dt_min, cfg.dt_max);
+  });
   Tensor norms = wants_point(ctx, *this, "state_norm") ? Tensor::empty({N, H}) : Tensor();
   for (const Run& run : ctx.runs) {
     const Tensor rows = zxbcdt.slice(0, run.begin, run.begin + run.n);
@@ -217,7 +206,7 @@ Tensor Mamba::forward(Context& ctx, const Tensor& x) {
     Cm = ops::rms_norm(Cm, c_norm, norm_eps);
   }
   const Tensor dt = ops::linear(dt_low, dt_proj);  // (N, d_inner), bias added in the scan
-  capture_point(ctx, *this, "dt", [&] { return step_sizes(dt, dt_bias, 0.f, 1e30f); });
+  capture_point(ctx, *this, "dt", [&] { return ops::ssm_steps(dt, dt_bias); });
   Tensor norms = wants_point(ctx, *this, "state_norm") ? Tensor::empty({N, di}) : Tensor();
   Tensor y = Tensor::empty({N, di});
   for (const Run& run : ctx.runs) {

@@ -281,6 +281,26 @@ inline float softplus(float v) { return v > 20.f ? v : std::log1p(std::exp(v)); 
 
 }  // namespace
 
+Tensor ssm_steps(const Tensor& dt_in, const Tensor& dt_bias_in, bool dt_softplus, float lo, float hi) {
+  constexpr const char* op = "ssm_steps";
+  check_shape(dt_in, {-1, -1}, op, "dt", "(T, W)");
+  const int64_t T = dt_in.dim(0), W = dt_in.dim(1);
+  const Tensor dtb = optional_input(dt_bias_in, {W}, op, "dt_bias", "(W,)");
+  const Tensor raw = f32_contiguous(dt_in, op, "dt");
+  Tensor out = Tensor::empty({T, W}, DType::f32);
+  const float* dtp = raw.data<float>();
+  const float* bp = dtb.defined() ? dtb.data<float>() : nullptr;
+  float* o = out.data<float>();
+  detail::for_rows(T, W, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0 * W; i < r1 * W; ++i) {
+      float v = dtp[i] + (bp ? bp[i % W] : 0.f);
+      if (dt_softplus) v = softplus(v);
+      o[i] = std::min(std::max(v, lo), hi);
+    }
+  });
+  return out;
+}
+
 Tensor causal_conv1d(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, Tensor state, bool silu) {
   constexpr const char* op = "causal_conv1d";
   check_shape(x_in, {-1, -1}, op, "x", "(T, C)");
@@ -352,15 +372,9 @@ Tensor selective_scan(const Tensor& x_in, const Tensor& dt_in, const Tensor& A_i
   Tensor out = Tensor::empty({T, Dm}, DType::f32);
 
   // dt + dt_bias, softplus'd, once per (t, channel); A and the state transposed to (N, D).
-  Buffer<float> dt(size_t(T * Dm)), At(size_t(N * Dm)), ht(size_t(N * Dm), 0.f);
-  const float* dtp = dt_raw.data<float>();
-  const float* bp = dtb.defined() ? dtb.data<float>() : nullptr;
-  detail::for_rows(T, Dm, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = r0 * Dm; i < r1 * Dm; ++i) {
-      const float v = dtp[i] + (bp ? bp[i % Dm] : 0.f);
-      dt[i] = dt_softplus ? softplus(v) : v;
-    }
-  });
+  const Tensor dt = ssm_steps(dt_raw, dtb, dt_softplus, -std::numeric_limits<float>::infinity(),
+                              std::numeric_limits<float>::infinity());
+  Buffer<float> At(size_t(N * Dm)), ht(size_t(N * Dm), 0.f);
   const float* ap = A.data<float>();
   float* sp = state.defined() ? state.data<float>() : nullptr;
   for (int64_t c = 0; c < Dm; ++c)
@@ -368,7 +382,7 @@ Tensor selective_scan(const Tensor& x_in, const Tensor& dt_in, const Tensor& A_i
       At[n * Dm + c] = ap[c * N + n];
       if (sp) ht[n * Dm + c] = sp[c * N + n];
     }
-  kernels::SsmScanArgs a{x.data<float>(), dt.data(), z.defined() ? z.data<float>() : nullptr, At.data(),
+  kernels::SsmScanArgs a{x.data<float>(), dt.data<float>(), z.defined() ? z.data<float>() : nullptr, At.data(),
                          B.data<float>(), C.data<float>(), D.defined() ? D.data<float>() : nullptr, ht.data(),
                          out.data<float>(), T, Dm, N};
   const auto fn = LB_DISPATCH(ssm_scan);
@@ -469,14 +483,7 @@ Tensor ssd_scan(const Tensor& x_in, const Tensor& dt_in, const Tensor& A_in, con
   if (T == 0) return out;
 
   // dt + dt_bias, softplus'd, clamped to dt_limit (as mamba2_chunk_scan), once per (t, head).
-  Buffer<float> dt(size_t(T * H));
-  const float* dtp = dt_raw.data<float>();
-  const float* bp = dtb.defined() ? dtb.data<float>() : nullptr;
-  for (int64_t i = 0; i < T * H; ++i) {
-    float v = dtp[i] + (bp ? bp[i % H] : 0.f);
-    if (cfg.dt_softplus) v = softplus(v);
-    dt[i] = std::min(std::max(v, cfg.dt_min), cfg.dt_max);
-  }
+  const Tensor dt = ssm_steps(dt_raw, dtb, cfg.dt_softplus, cfg.dt_min, cfg.dt_max);
   Buffer<float> zeros(state.defined() ? 0 : size_t(H * P * N), 0.f);  // the state when none is given
   float* hp = state.defined() ? state.data<float>() : zeros.data();
   const float* xp = x.data<float>();
@@ -492,7 +499,7 @@ Tensor ssd_scan(const Tensor& x_in, const Tensor& dt_in, const Tensor& A_in, con
     parallel_for(H, 1, [&](int64_t h0, int64_t h1) {
       for (int64_t hh = h0; hh < h1; ++hh) {
         const int64_t g = hh / hpg;
-        kernels::SsdHeadArgs a{xp + hh * P, H * P, dt.data() + hh, H, Ap[hh], Bp + g * N, Cp + g * N, Gn * N,
+        kernels::SsdHeadArgs a{xp + hh * P, H * P, dt.data<float>() + hh, H, Ap[hh], Bp + g * N, Cp + g * N, Gn * N,
                                D.defined() ? D.data<float>() + hh * (ldd ? P : 1) : nullptr, ldd,
                                hp + hh * P * N, yp + hh * P, H * P, T, P, N};
         fn(a);
@@ -506,7 +513,7 @@ Tensor ssd_scan(const Tensor& x_in, const Tensor& dt_in, const Tensor& A_in, con
   const int64_t L = std::min(cfg.chunk_size, T), chunks = (T + L - 1) / L;
   const int64_t per_pass = std::clamp<int64_t>((int64_t(4) << 20) / (Gn * L * L), 1, chunks);
   Buffer<float> Gm(size_t(per_pass * Gn * L * L));
-  const SsdChunked run{xp, dt.data(), Ap, Bp, Cp, Gm.data(), yp, T, H, P, Gn, N, L};
+  const SsdChunked run{xp, dt.data<float>(), Ap, Bp, Cp, Gm.data(), yp, T, H, P, Gn, N, L};
   for (int64_t c0 = 0; c0 < chunks; c0 += per_pass) {
     const int64_t c1 = std::min(chunks, c0 + per_pass);
     parallel_for((c1 - c0) * Gn, 1, [&](int64_t i0, int64_t i1) {

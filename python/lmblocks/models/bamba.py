@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from ..io import FormatError
 from . import llama, mamba2
-from .base import ModelArgs, Weights, check_positive_int, json_float, nn
+from .base import ModelArgs, Weights, check_positive_int, nn
 
 MODEL_TYPES = ("bamba",)
 GGUF_ARCHS: tuple[str, ...] = ()
@@ -37,9 +37,7 @@ class BambaArgs(ModelArgs):
 
     @classmethod
     def from_config(cls, config: dict, where: str = "config"):
-        config = dict(config)
-        if isinstance(config.get("time_step_limit"), list):
-            config["time_step_limit"] = tuple(json_float(v) for v in config["time_step_limit"])
+        config = mamba2.with_time_step_limit(config)
         if config.get("partial_rotary_factor") is None:  # transformers hard-codes 0.5 for Bamba
             config["partial_rotary_factor"] = cls.ROTARY_FRACTION
         return super().from_config(config, where)

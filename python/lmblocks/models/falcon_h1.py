@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..io import FormatError
-from . import llama
-from .base import ModelArgs, Weights, check_positive_int, gguf_config, json_float, nn, rope_kwargs
+from . import llama, mamba2
+from .base import ModelArgs, Weights, check_positive_int, gguf_config, nn, rope_kwargs
 
 MODEL_TYPES = ("falcon_h1",)
 GGUF_ARCHS = ("falcon-h1",)
@@ -79,9 +79,7 @@ class FalconH1Args(ModelArgs):
 
     @classmethod
     def from_config(cls, config: dict, where: str = "config"):
-        config = dict(config)
-        if isinstance(config.get("time_step_limit"), list):
-            config["time_step_limit"] = tuple(json_float(v) for v in config["time_step_limit"])
+        config = mamba2.with_time_step_limit(config)
         if "mamba_d_ssm" in config and config["mamba_d_ssm"] is None:  # explicit null: expand * hidden_size
             config["mamba_d_ssm"] = config.get("mamba_expand", 2) * config.get("hidden_size", 0)
         return super().from_config(config, where)
@@ -105,12 +103,7 @@ class FalconH1Args(ModelArgs):
             raise FormatError(f"{where}: field 'mamba_rms_norm' is {self.mamba_rms_norm!r}; expected true or false")
         if self.hidden_act != "silu":  # the mixer's conv uses hidden_act too; the native conv is silu
             raise FormatError(f"{where}: field 'hidden_act' is {self.hidden_act!r}; Falcon-H1 supports 'silu'")
-        if isinstance(self.mamba_chunk_size, bool) or not isinstance(self.mamba_chunk_size, int) or self.mamba_chunk_size < 0:
-            raise FormatError(f"{where}: field 'mamba_chunk_size' is {self.mamba_chunk_size!r}; expected an integer >= 0")
-        lim = self.time_step_limit
-        if not (isinstance(lim, (list, tuple)) and len(lim) == 2 and all(isinstance(v, (int, float)) for v in lim)
-                and 0 <= lim[0] <= lim[1]):
-            raise FormatError(f"{where}: field 'time_step_limit' is {lim!r}; expected [min, max] with 0 <= min <= max")
+        mamba2.check_scan_fields(where, self.time_step_limit, "mamba_chunk_size", self.mamba_chunk_size)
         for k, n in (("mlp_multipliers", 2), ("ssm_multipliers", 5)):
             v = getattr(self, k)
             if not (isinstance(v, (list, tuple)) and len(v) == n and all(_finite(x) for x in v)):
@@ -150,23 +143,7 @@ def config_from_gguf(md: dict, where: str) -> dict:
     return cfg
 
 
-def _f32(t) -> np.ndarray:
-    """A small tensor as float32 values, whatever its type (a quantizer may have turned a 2-D one into blocks)."""
-    from ..quant import dequantize
-
-    return np.asarray(t, np.float32) if str(t.dtype) in ("f32", "f16", "bf16", "float32", "float16") \
-        else np.asarray(dequantize(t), np.float32)
-
-
-def gguf_tensor(name: str, t):
-    """transformers' layout of llama.cpp's Mamba2 tensors (see GGUF_OVERRIDES)."""
-    if name.endswith("mamba.A_log"):
-        return np.log(-_f32(t).reshape(-1))
-    if name.endswith(("mamba.D", "mamba.norm.weight")):
-        return _f32(t).reshape(-1)
-    if name.endswith("mamba.conv1d.weight"):
-        return _f32(t).reshape(t.shape[0], 1, t.shape[-1])
-    return t
+gguf_tensor = mamba2.gguf_tensor  # the Mamba2 tensors are laid out as in llama.cpp's mamba2 files
 
 
 def scaled(t, s):
@@ -210,7 +187,6 @@ def mixer(args: FalconH1Args, w: Weights, p: str) -> "nn.Mamba2":
     cd = di + 2 * G * N
     m = p + "mamba."
     mup, out = args.mup_vector(), args.ssm_out_multiplier
-    lo, hi = args.time_step_limit
     return nn.Mamba2(
         H, P, G, N, scaled(w.take(m + "in_proj.weight", (di + cd + H, D)), mup * args.ssm_in_multiplier),
         w.take(m + "conv1d.weight", (cd, 1, K)), w.take(m + "conv1d.bias", (cd,)) if args.mamba_conv_bias else None,
@@ -219,8 +195,8 @@ def mixer(args: FalconH1Args, w: Weights, p: str) -> "nn.Mamba2":
         scaled(w.take(m + "out_proj.weight", (D, di)), out),
         in_bias=scaled(w.take(m + "in_proj.bias", (di + cd + H,)), mup) if args.mamba_proj_bias else None,
         out_bias=scaled(w.take(m + "out_proj.bias", (D,)), out) if args.projectors_bias else None,
-        chunk_size=args.mamba_chunk_size, norm_eps=float(args.rms_norm_eps), dt_min=float(lo),
-        dt_max=float(min(hi, 1e30)), norm_before_gate=bool(args.mamba_norm_before_gate))
+        chunk_size=args.mamba_chunk_size, norm_eps=float(args.rms_norm_eps), **mamba2.dt_limits(args.time_step_limit),
+        norm_before_gate=bool(args.mamba_norm_before_gate))
 
 
 def mlp(args: FalconH1Args, w: Weights, p: str) -> "nn.MLP":

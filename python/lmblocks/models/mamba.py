@@ -70,9 +70,18 @@ def config_from_gguf(md: dict, where: str) -> dict:
     return cfg
 
 
+def small_f32(t) -> np.ndarray:
+    """A small tensor's values as float32, whatever its type: llama-quantize may have turned a 2-D one (a
+    grouped norm) into blocks."""
+    from ..quant import dequantize
+
+    return np.asarray(t, np.float32) if str(t.dtype) in ("f32", "f16", "float32", "float16") \
+        else np.asarray(dequantize(t), np.float32)
+
+
 def gguf_a_log(name: str, t, shape=None):
     """llama.cpp stores A = -exp(A_log) (``ssm_a``); the blocks take A_log back."""
-    a = np.asarray(t, dtype=np.float32)
+    a = small_f32(t)
     if not (a < 0).all():
         raise FormatError(f"tensor ssm_a (read as {name!r}) holds a value >= 0 or NaN; llama.cpp stores "
                           "A = -exp(A_log), which is negative")
@@ -84,7 +93,7 @@ def gguf_tensor(name: str, t):
     if name.endswith(".A_log"):
         return gguf_a_log(name, t)
     if name.endswith("conv1d.weight"):
-        a = np.asarray(t)
+        a = small_f32(t)
         return a.reshape(a.shape[0], 1, a.shape[-1])
     return t
 

@@ -12,8 +12,6 @@ import math
 from dataclasses import dataclass
 
 from ..io import FormatError
-import numpy as np
-
 from . import mamba
 from .base import Weights, args_from_config, check_positive_int, json_float, nn
 
@@ -36,12 +34,38 @@ def config_from_gguf(md: dict, where: str) -> dict:
 
 
 def gguf_tensor(name: str, t):
-    """llama.cpp's Mamba2 layouts: A and D as (H, 1), the norm as (groups, d_inner / groups)."""
+    """llama.cpp's Mamba2 layouts (its mamba2, granitehybrid and falcon-h1 files): A and D as (H, 1), the norm
+    as (groups, d_inner / groups)."""
     if name.endswith(".A_log"):
         return mamba.gguf_a_log(name, t, (-1,))
-    if name.endswith((".D", "norm.weight")) and np.asarray(t).ndim == 2:
-        return np.asarray(t).reshape(-1)
+    if name.endswith((".D", "norm.weight")) and len(t.shape) == 2:
+        return mamba.small_f32(t).reshape(-1)
     return mamba.gguf_tensor(name, t)
+
+
+def with_time_step_limit(config: dict) -> dict:
+    """A copy of ``config`` whose ``time_step_limit`` list is a tuple of floats (transformers writes inf
+    as {"__float__": "Infinity"})."""
+    config = dict(config)
+    if isinstance(config.get("time_step_limit"), list):
+        config["time_step_limit"] = tuple(json_float(v) for v in config["time_step_limit"])
+    return config
+
+
+def check_scan_fields(where: str, time_step_limit, chunk_key: str, chunk_size) -> None:
+    """The SSD settings every Mamba2 architecture reads: its dt limit and its chunk size."""
+    lim = time_step_limit
+    if not (isinstance(lim, (list, tuple)) and len(lim) == 2 and all(isinstance(v, (int, float)) for v in lim)
+            and 0 <= lim[0] <= lim[1]):
+        raise FormatError(f"{where}: field 'time_step_limit' is {lim!r}; expected [min, max] with 0 <= min <= max")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
+        raise FormatError(f"{where}: field {chunk_key!r} is {chunk_size!r}; expected an integer >= 0")
+
+
+def dt_limits(time_step_limit) -> dict:
+    """The native block's dt_min/dt_max for a (min, max) limit; max inf is the block's 1e30."""
+    lo, hi = time_step_limit
+    return dict(dt_min=float(lo), dt_max=float(min(hi, 1e30)) if math.isfinite(hi) else 1e30)
 
 
 @dataclass
@@ -72,11 +96,8 @@ class Mamba2Args:
 
     @classmethod
     def from_config(cls, config: dict, where: str = "config"):
-        extra = {}
-        if isinstance(config.get("time_step_limit"), list):  # transformers writes inf as {"__float__": "Infinity"}
-            extra["time_step_limit"] = tuple(json_float(v) for v in config["time_step_limit"])
-        return args_from_config(cls, config, ("model_type", "hidden_size", "num_hidden_layers", "vocab_size",
-                                              "num_heads"), where, extra)
+        return args_from_config(cls, with_time_step_limit(config), ("model_type", "hidden_size", "num_hidden_layers",
+                                                                    "vocab_size", "num_heads"), where)
 
     def validate(self, where: str) -> None:
         for k in ("hidden_size", "num_hidden_layers", "vocab_size", "num_heads", "head_dim", "state_size", "n_groups",
@@ -89,12 +110,7 @@ class Mamba2Args:
             raise FormatError(f"{where}: num_heads {self.num_heads} is not a multiple of n_groups {self.n_groups}")
         if self.hidden_act != "silu":
             raise FormatError(f"{where}: field 'hidden_act' is {self.hidden_act!r}; Mamba2 supports 'silu'")
-        lim = self.time_step_limit
-        if not (isinstance(lim, (list, tuple)) and len(lim) == 2 and all(isinstance(v, (int, float)) for v in lim)
-                and 0 <= lim[0] <= lim[1]):
-            raise FormatError(f"{where}: field 'time_step_limit' is {lim!r}; expected [min, max] with 0 <= min <= max")
-        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 0:
-            raise FormatError(f"{where}: field 'chunk_size' is {self.chunk_size!r}; expected an integer >= 0")
+        check_scan_fields(where, self.time_step_limit, "chunk_size", self.chunk_size)
 
 
 ARGS = Mamba2Args
@@ -106,7 +122,6 @@ def mixer(args: Mamba2Args, w: Weights, p: str) -> "nn.Mamba2":
                         args.conv_kernel)
     di = H * P
     cd = di + 2 * G * N
-    lo, hi = args.time_step_limit
     return nn.Mamba2(
         H, P, G, N, w.take(p + "in_proj.weight", (di + cd + H, D)), w.take(p + "conv1d.weight", (cd, 1, K)),
         w.take(p + "conv1d.bias", (cd,)) if args.use_conv_bias else None, w.take(p + "dt_bias", (H,)),
@@ -114,8 +129,7 @@ def mixer(args: Mamba2Args, w: Weights, p: str) -> "nn.Mamba2":
         w.take(p + "out_proj.weight", (D, di)),
         in_bias=w.take(p + "in_proj.bias", (di + cd + H,)) if args.use_bias else None,
         out_bias=w.take(p + "out_proj.bias", (D,)) if args.use_bias else None,
-        chunk_size=args.chunk_size, norm_eps=float(args.layer_norm_epsilon), dt_min=float(lo),
-        dt_max=float(min(hi, 1e30)) if math.isfinite(hi) else 1e30)
+        chunk_size=args.chunk_size, norm_eps=float(args.layer_norm_epsilon), **dt_limits(args.time_step_limit))
 
 
 def build(args: Mamba2Args, w: Weights, progress=iter) -> "nn.CausalLM":
