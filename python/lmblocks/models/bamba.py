@@ -20,19 +20,8 @@ GGUF_ARCHS: tuple[str, ...] = ()
 
 
 @dataclass
-class BambaArgs(ModelArgs):
+class BambaArgs(mamba2.HybridMambaFields, ModelArgs):
     attn_layer_indices: list | None = None
-    mamba_n_heads: int = 128
-    mamba_d_head: int | str = "auto"
-    mamba_n_groups: int = 1
-    mamba_d_state: int = 256
-    mamba_d_conv: int = 4
-    mamba_expand: int = 2
-    mamba_chunk_size: int = 256
-    mamba_conv_bias: bool = True
-    mamba_proj_bias: bool = False
-    mlp_bias: bool = False
-    time_step_limit: tuple = (0.0, float("inf"))
     ROTARY_FRACTION: ClassVar[float] = 0.5  # the rotated part of each head when the config does not say
 
     @classmethod

@@ -50,23 +50,12 @@ GGUF_OVERRIDES = {
 
 
 @dataclass
-class FalconH1Args(ModelArgs):
+class FalconH1Args(mamba2.HybridMambaFields, ModelArgs):
     rms_norm_eps: float = 1e-5
-    mlp_bias: bool = False
     mamba_d_ssm: int | None = 1024  # transformers' default; None means mamba_expand * hidden_size
-    mamba_n_heads: int = 128
-    mamba_d_head: int | str = "auto"
-    mamba_n_groups: int = 1
-    mamba_d_state: int = 256
-    mamba_d_conv: int = 4
-    mamba_expand: int = 2
-    mamba_chunk_size: int = 256
-    mamba_conv_bias: bool = True
-    mamba_proj_bias: bool = False
     mamba_norm_before_gate: bool = True
     mamba_rms_norm: bool | str = False  # "auto" (GGUF): when the file has the norm weights
     projectors_bias: bool = False
-    time_step_limit: tuple = (0.0, float("inf"))
     embedding_multiplier: float = 1.0
     lm_head_multiplier: float = 1.0
     key_multiplier: float = 1.0

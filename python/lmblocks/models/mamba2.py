@@ -69,6 +69,24 @@ def dt_limits(time_step_limit) -> dict:
 
 
 @dataclass
+class HybridMambaFields:
+    """The ``mamba_*`` config fields of the hybrids that name their Mamba2 layers as Bamba does (Bamba,
+    Granite 4.0-H, Falcon-H1), with transformers' defaults; a mixin for their ModelArgs."""
+
+    mamba_n_heads: int = 128
+    mamba_d_head: int | str = "auto"
+    mamba_n_groups: int = 1
+    mamba_d_state: int = 256
+    mamba_d_conv: int = 4
+    mamba_expand: int = 2
+    mamba_chunk_size: int = 256
+    mamba_conv_bias: bool = True
+    mamba_proj_bias: bool = False
+    mlp_bias: bool = False
+    time_step_limit: tuple = (0.0, float("inf"))
+
+
+@dataclass
 class Mamba2Args:
     """The Hugging Face Mamba2Config fields the model needs (same names)."""
 
