@@ -81,7 +81,19 @@ class LmblocksRunner:
         del self.cache, self.model
 
 
-RUNNERS = {"lmblocks": LmblocksRunner, **peers.RUNNERS}
+class LmblocksInt8Runner(LmblocksRunner):
+    """lmblocks with lb.set_activation_bits(8): prefill's activations quantized to int8 per 32 elements, as
+    llama.cpp's are (q8_0), not int16 (the default). Prefill only: decode stays int16 either way."""
+
+    def __init__(self, path: str | pathlib.Path, n_threads: int, n_ctx: int = N_CTX) -> None:
+        import lmblocks as lb
+
+        lb.set_activation_bits(8)
+        super().__init__(path, n_threads, n_ctx)
+
+
+RUNNERS = {"lmblocks": LmblocksRunner, "lmblocks-int8": LmblocksInt8Runner, **peers.RUNNERS}
+PREFILL_ONLY = {"lmblocks-int8"}
 
 
 def busy_seconds() -> tuple[float, float]:
@@ -110,12 +122,14 @@ def measure(kind: str, path: str, n_threads: int) -> dict:
     load_s = time.perf_counter() - t0
     prompts = {n: peers.bench_tokens(n, runner.n_vocab) for n in PREFILL_LENS}
     runner.prefill(prompts[PREFILL_LENS[0]])  # warm-up: first-touch of weights, thread start
-    runner.decode(4, 0)
+    decode = kind not in PREFILL_ONLY
+    if decode:
+        runner.decode(4, 0)
     out = {"kind": kind, "threads": n_threads, "load_s": load_s}
     (busy0, ours0), t0 = busy_seconds(), time.perf_counter()
     for n, p in prompts.items():
         out[f"prefill{n}_tok_s"] = n / runner.prefill(p)
-    for c in CONTEXTS:
+    for c in CONTEXTS if decode else ():
         out[f"decode_ctx{c}_tok_s"] = DECODE_LEN / runner.decode(DECODE_LEN, c)
     (busy1, ours1), wall = busy_seconds(), time.perf_counter() - t0
     out["others_cores"] = max(0.0, (busy1 - busy0 - (ours1 - ours0)) / wall)
@@ -181,20 +195,29 @@ def median_record(records: list[dict]) -> dict:
 
 
 def table(results: list[dict], bandwidth: dict) -> str:
+    """One row per engine. lmblocks-int8 (prefill only) is lmblocks with int8 activations in prefill, as
+    llama.cpp's; a peer's speed-up column gives lmblocks' prefill 512 (int16, and int8 where measured) and
+    decode over the peer's."""
     lines = ["| model | threads | engine | prefill 128 | prefill 512 | decode | decode @1024 | decode GB/s (of DRAM) "
-             "| peak RSS MiB | lmblocks speed-up (p512, decode) | others' cores |",
+             "| peak RSS MiB | lmblocks speed-up: p512 (int8 p512), decode | others' cores |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        ours = next(x for x in results if x["model"] == r["model"] and x["threads"] == r["threads"]
-                    and x["kind"] == "lmblocks")
-        gbs = r["decode_ctx0_tok_s"] * r["bytes_per_token"] / 1e9
-        frac = gbs / bandwidth[str(r["threads"])]
-        ratio = ("" if r["kind"] == "lmblocks" else
-                 f"{ours['prefill512_tok_s'] / r['prefill512_tok_s']:.2f}x, "
-                 f"{ours['decode_ctx0_tok_s'] / r['decode_ctx0_tok_s']:.2f}x")
+        same = {x["kind"]: x for x in results if x["model"] == r["model"] and x["threads"] == r["threads"]}
+        ours, int8 = same["lmblocks"], same.get("lmblocks-int8")
+        ratio = ""
+        if r["kind"] not in ("lmblocks", "lmblocks-int8"):
+            ratio = (f"{ours['prefill512_tok_s'] / r['prefill512_tok_s']:.2f}x"
+                     + (f" ({int8['prefill512_tok_s'] / r['prefill512_tok_s']:.2f}x)" if int8 else "")
+                     + f", {ours['decode_ctx0_tok_s'] / r['decode_ctx0_tok_s']:.2f}x")
+        if "decode_ctx0_tok_s" in r:
+            gbs = r["decode_ctx0_tok_s"] * r["bytes_per_token"] / 1e9
+            frac = gbs / bandwidth[str(r["threads"])]
+            decode = f"{r['decode_ctx0_tok_s']:.1f} | {r['decode_ctx1024_tok_s']:.1f} | {gbs:.1f} ({frac:.0%})"
+        else:
+            decode = "– | – | –"
         lines.append(f"| {r['model']} | {r['threads']} | {r['kind']} | {r['prefill128_tok_s']:.0f} | "
-                     f"{r['prefill512_tok_s']:.0f} | {r['decode_ctx0_tok_s']:.1f} | {r['decode_ctx1024_tok_s']:.1f} | "
-                     f"{gbs:.1f} ({frac:.0%}) | {r['peak_rss_bytes'] / 2**20:.0f} | {ratio} | {r['others_cores']:.2f} |")
+                     f"{r['prefill512_tok_s']:.0f} | {decode} | {r['peak_rss_bytes'] / 2**20:.0f} | {ratio} | "
+                     f"{r['others_cores']:.2f} |")
     return "\n".join(lines)
 
 
@@ -205,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--torch", nargs="+", default=["smollm2-q4_1", "gemma3-q4_k_m"],
                     help="models also run with transformers ('none' for none)")
+    ap.add_argument("--no-int8", dest="int8", action="store_false",
+                    help="skip the lmblocks-int8 engine (prefill with int8 activations, as llama.cpp's)")
     ap.add_argument("--quick", action="store_true", help="SmolLM2 Q4_1 only, 1 round, no torch: a smoke run")
     ap.add_argument("--models-dir", type=pathlib.Path, default=pathlib.Path.home() / ".cache/lmblocks/bench-models")
     ap.add_argument("--report", type=pathlib.Path, help="only rewrite bench/RESULTS.md from a saved results JSON")
@@ -237,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for name in names:
         path = files[name]
-        kinds = ["lmblocks", "llama.cpp"] + (["torch"] if name in args.torch else [])
+        int8 = args.int8 and not any(t in name for t in ("-f16", "-f32"))  # int8 applies to ggml blocks only
+        kinds = ["lmblocks"] + (["lmblocks-int8"] if int8 else []) + ["llama.cpp"] + (["torch"] if name in args.torch else [])
         bpt = weight_bytes_per_token(path)
         for n in args.threads:
             rounds: dict[str, list[dict]] = {k: [] for k in kinds}
@@ -247,9 +273,9 @@ def main(argv: list[str] | None = None) -> None:
             for k in kinds:
                 r = median_record(rounds[k]) | {"model": name, "file": path.name, "bytes_per_token": bpt}
                 results.append(r)
-                print(f"{name} x{n} {k}: prefill512 {r['prefill512_tok_s']:.0f} tok/s, decode "
-                      f"{r['decode_ctx0_tok_s']:.1f} tok/s, RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB, "
-                      f"others' cores {r['others_cores']:.2f}", flush=True)
+                decode = f"{r['decode_ctx0_tok_s']:.1f} tok/s" if "decode_ctx0_tok_s" in r else "-"
+                print(f"{name} x{n} {k}: prefill512 {r['prefill512_tok_s']:.0f} tok/s, decode {decode}, "
+                      f"RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB, others' cores {r['others_cores']:.2f}", flush=True)
     import llama_cpp
 
     record = {"utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

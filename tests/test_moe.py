@@ -13,6 +13,7 @@ import pytest
 import lmblocks as lb
 from lmblocks.io.gguf_writer import write_gguf
 from lmblocks.quant import dequantize
+from test_qlinear import int8_activations
 
 nn = lb._core.nn
 
@@ -310,6 +311,27 @@ def test_packed_experts_equal_each_token_through_ops_linear(rng, plain):
                 h = lb.ops.silu(u) if plain else lb.ops.swiglu(lb.ops.linear(xt, w["gate_proj"][int(e)]), u)
                 want[t] += p[t, j] * lb.ops.linear(h, w["down_proj"][int(e)])[0]
         assert rel_err(moe(x), want) <= 1e-5, N
+        if N >= 4:  # int8 prefill: x and h quantized to int8 once (NumPy's model: tests/test_qlinear.py).
+            # h is float32 in the kernel, float64 here: an element at a rounding boundary may land one
+            # step away, which moves the output by up to its d times the largest down weight (`step`).
+            want8, step = np.zeros((N, D)), np.zeros(N)
+            xq = int8_activations(x)
+            silu = lambda v: v / (1 + np.exp(-v))  # noqa: E731
+            for t in range(N):
+                for j, e in enumerate(order[t, :k]):
+                    w_up, w_down = (dequantize(w[n][int(e)]).astype(np.float64) for n in ("up_proj", "down_proj"))
+                    h = silu(xq[t] @ w_up.T) if plain else \
+                        silu(xq[t] @ dequantize(w["gate_proj"][int(e)]).astype(np.float64).T) * (xq[t] @ w_up.T)
+                    want8[t] += p[t, j] * (int8_activations(h[None])[0] @ w_down.T)
+                    step[t] += p[t, j] * np.abs(h).max() / 127 * np.abs(w_down).max()
+            lb.set_activation_bits(8)
+            try:
+                got8 = moe(x)
+            finally:
+                lb.set_activation_bits(16)
+            err = np.abs(got8 - want8).max(1)
+            assert np.all(err <= 1e-5 * np.abs(want8).max() + 2 * step), (N, err, step)
+            assert rel_err(got8, want) > 1e-4  # int8 ran: coarser than int16 (<= 1e-5 above)
 
 
 # ---- architectures against transformers --------------------------------------------------------------

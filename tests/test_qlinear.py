@@ -140,3 +140,44 @@ def test_packed_rows_read_back_bit_for_bit(rng, name, K):
     must dequantize exactly as the original blocks do."""
     w, _ = _random_tensor(rng, name, (37, K))
     np.testing.assert_array_equal(lb._core.quant.packed_dequantize(w), dequantize(w))
+
+
+def int8_activations(x):
+    """NumPy's model of activations quantized with bits=8, in float32 as the kernels do it: per block of 32,
+    d = max|x| / 127, q = round-half-even(x * (127 / max|x|)); returns the values d * q as float64."""
+    xb = x.astype(np.float32).reshape(x.shape[0], -1, 32)
+    amax = np.abs(xb).max(-1, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), np.float32(0)).astype(np.float32)
+    q = np.rint(xb * inv)
+    d = (amax / np.float32(127)).astype(np.float32)
+    return (q.astype(np.float64) * d.astype(np.float64)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("name,K,packed", [(*c, False) for c in CASES] + [(*c, True) for c in PACKED])
+@pytest.mark.parametrize("M", [1, 4, 13, 27])  # decode rows, then a 4-token tile, a full one plus one, two plus 3
+def test_int8_activations_equal_numpys_model_of_them(rng, name, K, M, packed):
+    """With bits=8 (lb.set_activation_bits(8): the packed kernels for M >= 4; and the scalar spec) the
+    product is that of NumPy's int8-quantized x with the dequantized weights, up to float32 summation."""
+    if packed and not lb._core.quant.packable(name):
+        pytest.skip("weights are repacked only where the avx512 kernels run")
+    w, _ = _random_tensor(rng, name, (37, K))
+    w64 = dequantize(w).astype(np.float64)
+    x = rng.standard_normal((M, K), dtype=np.float32) * rng.uniform(0.1, 10, (M, 1)).astype(np.float32)
+    x[0, :5] *= 40  # an outlier block
+    want = int8_activations(x) @ w64.T
+    got = lb._core.quant.qlinear(x, w, not packed, packed=packed, bits=8).astype(np.float64)
+    slack = 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(w64).T) + 1e-30
+    np.testing.assert_array_less(np.abs(got - want), slack)
+
+
+def test_activation_bits_setting():
+    assert lb.get_activation_bits() == 16
+    for bad in (7, 0, 32):
+        with pytest.raises(ValueError, match="bits must be 16 .* or 8, got"):
+            lb.set_activation_bits(bad)
+    with pytest.raises(TypeError):
+        lb.set_activation_bits("int8")
+    assert lb.get_activation_bits() == 16
+    with pytest.raises(ValueError, match="bits must be 8 or 16"):
+        lb._core.quant.qlinear(np.zeros((4, 32), np.float32), lb.quantize(np.zeros((1, 32), np.float32), "q8_0"),
+                               True, bits=4)

@@ -50,7 +50,7 @@ void bind_quant(py::module_ m) {
   m.def(
       "qlinear",
       [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const Tensor& w, bool reference,
-         bool packed) {
+         bool packed, int bits) {
         if (x.ndim() != 2 || w.ndim() != 2 || x.shape(1) != w.dim(1) || x.shape(1) % 32)
           throw ValueError("qlinear: expected x (M, K) and weight (N, K) with K a multiple of 32");
         const int64_t M = x.shape(0), K = x.shape(1), N = w.dim(0);
@@ -59,7 +59,7 @@ void bind_quant(py::module_ m) {
         float* yp = y.mutable_data();
         {
           py::gil_scoped_release nogil;
-          const ops::QuantizedRows a = ops::quantize_rows(xp, M, K, K, reference);
+          const ops::QuantizedRows a = ops::quantize_rows(xp, M, K, K, reference, bits);
           if (packed && (w.dtype() == DType::f16 || w.dtype() == DType::bf16))  // a model's f16 matrix
             ops::qlinear_rows(a, w.dtype(), static_cast<const std::byte*>(w.raw()), w.strides()[0], N, yp, false);
           else if (packed)
@@ -69,8 +69,9 @@ void bind_quant(py::module_ m) {
         }
         return y;
       },
-      py::arg("x"), py::arg("w"), py::arg("reference"), py::arg("packed") = false,
-      "x @ w^T through the int16-activation kernels: the vector ones (where this CPU has them), with "
+      py::arg("x"), py::arg("w"), py::arg("reference"), py::arg("packed") = false, py::arg("bits") = 16,
+      "x @ w^T through the int16-activation kernels (bits=8: activations on the int8 range, which the "
+      "packed kernels multiply as int8 for M >= 4): the vector ones (where this CPU has them), with "
       "packed=True the AVX-512 kernels on w repacked (as CausalLM does at load), or, with reference=True, "
       "the scalar spec. For tests; lmblocks.ops.linear picks the path itself.");
   m.def(

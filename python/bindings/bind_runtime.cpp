@@ -26,6 +26,8 @@ void bind_runtime(py::module_& m) {
   m.def("get_isa", [] { return std::string(isa_name(active_isa())); });
   m.def("set_activation_quantization", &set_activation_quantization, py::arg("on"));
   m.def("get_activation_quantization", &activation_quantization);
+  m.def("set_activation_bits", &set_activation_bits, py::arg("bits"));
+  m.def("get_activation_bits", &activation_bits);
   m.def("release_buffers", &release_buffers, "Free the scratch buffers kept for reuse (see lmblocks/runtime.h).");
   m.def("cached_buffer_bytes", &cached_buffer_bytes);
   m.def("isa_env_warning", [] { return isa_env_warning(); });

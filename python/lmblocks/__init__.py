@@ -27,9 +27,11 @@ from ._core import (  # noqa: E402
     dtype_info,
     dtypes,
     empty,
+    get_activation_bits,
     get_activation_quantization,
     get_isa,
     get_num_threads,
+    set_activation_bits,
     set_activation_quantization,
     set_isa,
     set_num_threads,
@@ -74,6 +76,6 @@ def from_file(path, offset: int, shape, dtype) -> Tensor:
 
 __all__ = [
     "__version__", "Tensor", "MappedFile", "asarray", "empty", "zeros", "from_file", "dtype_info", "dtypes",
-    "set_num_threads", "get_num_threads", "set_isa", "get_isa", "set_activation_quantization", "get_activation_quantization", "cpu_info", "ops", "io", "tokenize", "sampling", "dequantize", "quantize", "quantize_model", "inspect",
+    "set_num_threads", "get_num_threads", "set_isa", "get_isa", "set_activation_quantization", "get_activation_quantization", "set_activation_bits", "get_activation_bits", "cpu_info", "ops", "io", "tokenize", "sampling", "dequantize", "quantize", "quantize_model", "inspect",
     "nn", "models", "Model", "load", "StringTable",
 ]

@@ -27,9 +27,12 @@ Tensor quantize(const Tensor& x, DType t);
 // every weight row's dot product read straight from its ggml blocks. Used by ops::linear and the engine.
 namespace lb::ops {
 
-// M rows of K activations as int16 blocks of 32 with scales d (per 32) and s = d * sum(q) (per 16).
+// M rows of K activations as int16 blocks of 32 with scales d (per 32) and s = d * sum(q) (per 16);
+// bits = 8: the same blocks on ggml's q8_0 range (|q| <= 127), which the packed kernels multiply four
+// elements per instruction for M >= 4 (activation_bits()).
 struct QuantizedRows {
   int64_t M = 0, K = 0;
+  int bits = 16;
   Buffer<int16_t> q;
   Buffer<float> d, s;
 };
@@ -38,8 +41,10 @@ struct QuantizedRows {
 // with AVX-512 VNNI, for M < 4 (decode) with AVX2; f16/bf16 for M >= 4 with AVX-512 VNNI (chunks
 // rounded to 12-bit integers); otherwise ops::linear dequantizes panels for sgemm.
 bool qlinear_fast(DType t, int64_t M);
+// The bits to quantize M rows with for the packed kernels: activation_bits() for M >= 4, else 16.
+int activation_bits_for(int64_t M);
 // x: M rows of K floats, `ld` apart; K % 32 == 0. `reference` forces the scalar kernels.
-QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bool reference = false);
+QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bool reference = false, int bits = 16);
 // y (M, N) row-major = a @ W^T for W (N, K) of ggml block type `type`, rows `row_bytes` apart.
 void qlinear_rows(const QuantizedRows& a, DType type, const std::byte* w, int64_t row_bytes, int64_t N, float* y,
                   bool reference = false);
@@ -69,12 +74,15 @@ void qlinear_packed(const QuantizedRows& a, const PackedWeight& w, float* y);
 // split the work over the pool themselves (the MoE block): activation rows made once into what the
 // packed kernels read (M < 4: each row as int8 halves, d and s copied; M >= 4: tiles of tokens), then
 // any range of a weight's 16-row groups. q, d, s: row m at m * K, m * K / 32, m * K / 16 (QuantizedRows).
+// bits = 8 (rows quantized with bits = 8, M >= 4): tiles of int8 quads, d, and s per half and per chunk.
 struct PackedActivations {
   int64_t M = 0, K = 0;
   Buffer<int32_t> q;
   Buffer<float> d, s;
+  int bits = 16;
 };
-PackedActivations pack_activations(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K);
+PackedActivations pack_activations(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K,
+                                   int bits = 16);
 // Columns [16 g0, min(16 g1, N)) of y (M, N), rows ldy apart, = a @ W^T, on the calling thread.
 void qlinear_packed_groups(const PackedActivations& a, const PackedWeight& w, int64_t g0, int64_t g1, float* y,
                            int64_t ldy);

@@ -86,6 +86,13 @@ bool isa_compiled(Isa isa);     // was a variant for it built into this binary
 // panel (the reference path: float32 arithmetic on the dequantized weights).
 bool activation_quantization();
 void set_activation_quantization(bool on);
+// The width of those activations where many rows meet repacked ggml blocks (prefill, M >= 4): 16 (the
+// default: int16 per 32 elements, logits within ~1e-4 of the f32 path) or 8 (ggml's q8_0 range, as
+// llama.cpp quantizes them: one VNNI instruction per four elements instead of two, so prefill is up to
+// ~1.7x faster, and logits move by a few percent). Decode (M < 4) reads weights at DRAM speed either
+// way and stays int16. Throws lb::ValueError for any other width.
+int activation_bits();
+void set_activation_bits(int bits);
 // The ISA the env var LMBLOCKS_ISA asked for at start-up, and a warning if it could not be honoured.
 const std::string& isa_env_warning();
 

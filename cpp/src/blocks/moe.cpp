@@ -266,11 +266,11 @@ bool MoE::packed_experts(const Tensor& x, const std::vector<int64_t>& first, con
 
   // x quantized once for every expert and projection; the experts every token chose (all k of them in
   // decode) share one set of packed activations, the others gather their tokens' rows.
-  const ops::QuantizedRows xq = ops::quantize_rows(x.data<float>(), N, D, D);
+  const ops::QuantizedRows xq = ops::quantize_rows(x.data<float>(), N, D, D, false, ops::activation_bits_for(N));
   ops::PackedActivations all;
   if (std::any_of(ex.begin(), ex.end(), [&](const Expert& E) { return E.n == N; })) {
     const RowRef x0 = row_of(xq, 0);
-    all = ops::pack_activations(x0.q, x0.d, x0.s, N, D);
+    all = ops::pack_activations(x0.q, x0.d, x0.s, N, D, xq.bits);
   }
   parallel_for(A, 1, [&](int64_t a, int64_t b) {
     for (int64_t i = a; i < b; ++i) {
@@ -285,7 +285,7 @@ bool MoE::packed_experts(const Tensor& x, const std::vector<int64_t>& first, con
         std::memcpy(d.data() + r * D / 32, src.d, size_t(D / 32) * 4);
         std::memcpy(s.data() + r * D / 16, src.s, size_t(D / 16) * 4);
       }
-      E.own_x = ops::pack_activations(q.data(), d.data(), s.data(), E.n, D);
+      E.own_x = ops::pack_activations(q.data(), d.data(), s.data(), E.n, D, xq.bits);
       E.x = &E.own_x;
     }
   });
@@ -305,12 +305,12 @@ bool MoE::packed_experts(const Tensor& x, const std::vector<int64_t>& first, con
   } else {
     activate(u, cfg.act);
   }
-  const ops::QuantizedRows hq = ops::quantize_rows(u.data<float>(), N * k, F, F);
+  const ops::QuantizedRows hq = ops::quantize_rows(u.data<float>(), N * k, F, F, false, ops::activation_bits_for(N));
   parallel_for(A, 1, [&](int64_t a, int64_t b) {
     for (int64_t i = a; i < b; ++i) {
       Expert& E = ex[size_t(i)];
       const RowRef h0 = row_of(hq, E.s0);
-      E.h = ops::pack_activations(h0.q, h0.d, h0.s, E.n, F);
+      E.h = ops::pack_activations(h0.q, h0.d, h0.s, E.n, F, hq.bits);
     }
   });
   ps.clear();

@@ -227,7 +227,7 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Ten
     if (half)
       half_linear_rows(xr.data<float>(), M, K, ldx, w_in.dtype(), wb, w_in.strides()[0], N, dst);
     else if (const auto packed = packable(w_in.dtype()) ? find_packed(w_in) : nullptr)  // repacked at load
-      qlinear_packed(quantize_rows(xr.data<float>(), M, K, ldx), *packed, dst);
+      qlinear_packed(quantize_rows(xr.data<float>(), M, K, ldx, false, activation_bits_for(M)), *packed, dst);
     else
       qlinear_rows(quantize_rows(xr.data<float>(), M, K, ldx), w_in.dtype(), wb, w_in.strides()[0], N, dst);
     if (bias_in.defined())

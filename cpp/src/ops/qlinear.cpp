@@ -3,7 +3,9 @@
 // Each row of x is quantized on the fly to int16 in blocks of 32 (q = round(x / d), d = max|x| / 32639:
 // the largest int16 range whose values split into two int8 halves, q = 256 h + l, for vpdpbusd)
 // with, per 16 elements, s = d * sum(q). int16, not int8 as ggml's q8_0/q8_K: int8 activations moved
-// the logits of SmolLM2 and Gemma 3 by 3-5% (top-1 96-98% on wikitext), int16 by ~1e-4 of their range. Every weight type is then read as 32-element chunks of
+// the logits of SmolLM2 and Gemma 3 by 3-5% (top-1 96-98% on wikitext), int16 by ~1e-4 of their range.
+// (activation_bits() == 8 opts into int8 for prefill: the same blocks with d = max|x| / 127, multiplied
+// four elements per vpdpbusd by the packed kernels; see packed_gemm8.) Every weight type is then read as 32-element chunks of
 // unsigned integers u with, per 16 elements, a scale a and an offset c (element = a * u + c):
 //
 //   q4_0: u = nibble, a = d, c = -8d          q4_1: u = nibble, a = d, c = m
@@ -42,6 +44,8 @@ struct Chunk {
 // The largest |q| of an int16 activation: the widest range that splits into int8 halves q = 256 h + l
 // (split_act), so packed weights can meet activations in vpdpbusd.
 constexpr float kActMax = 32639.f;
+// ... and of an int8 one (activation_bits() == 8): ggml's q8_0 range, one vpdpbusd per four elements.
+constexpr float kAct8Max = 127.f;
 
 // ---- The packed layout (lb::ops::PackedWeight) -----------------------------------------------------
 //
@@ -80,12 +84,12 @@ constexpr int64_t unit_bytes(DType t) {
 // keeps the dequantize-and-sgemm path there). The references here are the spec the tests hold them to.
 namespace lb::kernels {
 // x (K,), K % 32 == 0 -> q (K,), d (K / 32,), s (K / 16,).
-void quantize_act_ref(const float* x, int64_t K, int16_t* q, float* d, float* s);
+void quantize_act_ref(const float* x, int64_t K, int16_t* q, float* d, float* s, float qmax);
 // y[r] = dot(row r of W, activation) for r in [0, n): W's rows are `row_bytes` apart, of type `type`.
 void qdot_rows_ref(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
                    const float* d, const float* s, float* y);
 namespace avx512 {
-void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s);
+void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s, float qmax);
 void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
                const float* d, const float* s, float* y);
 // Activation rows (q, d, s of row m at m * K, m * K / 32, m * K / 16) regrouped in tiles of kTokens for
@@ -105,9 +109,14 @@ void packed_rows(DType type, const uint8_t* w, int64_t group_bytes, int64_t g0, 
                  const int32_t* hl, const float* d, const float* s, int64_t M, float* y, int64_t ldy);
 // qgemm_rows for the n <= 16 rows of one packed group.
 void packed_gemm(DType type, const uint8_t* group, int64_t n, const PackedTokens& a, float* y, int64_t ldy);
+// The int8 form (activations quantized with |q| <= 127): pair p of the int16 layout becomes quad p of
+// four int8 (eight per chunk), and s holds per chunk its halves' s and their sum. packed_gemm8 multiplies
+// the group's unsigned quads by them directly: one vpdpbusd per four elements instead of one vpdpwssd per two.
+PackedTokens pack_tokens8(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K);
+void packed_gemm8(DType type, const uint8_t* group, int64_t n, const PackedTokens& a, float* y, int64_t ldy);
 }  // namespace avx512
 namespace avx2 {  // matrix-vector only: prefill on AVX2 dequantizes panels for OpenBLAS's sgemm
-void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s);
+void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s, float qmax);
 void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int16_t* q,
                const float* d, const float* s, float* y);
 }  // namespace avx2
@@ -368,11 +377,11 @@ template <DType T>
 #if LB_SIMD && defined(__AVX512F__)
 namespace LB_ISA {
 
-void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s) {
+void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s, float qmax) {
   for (int64_t j = 0; j < K / 32; ++j) {
     const __m512 v0 = _mm512_loadu_ps(x + 32 * j), v1 = _mm512_loadu_ps(x + 32 * j + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-    const float dj = amax / kActMax, id = amax > 0.f ? kActMax / amax : 0.f;
+    const float dj = amax / qmax, id = amax > 0.f ? qmax / amax : 0.f;
     const __m512 vid = _mm512_set1_ps(id);
     const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vid)), i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 32 * j), _mm512_cvtsepi32_epi16(i0));
@@ -531,35 +540,54 @@ void decode_panel(const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, P
 #endif
 }
 
+// acc += quads of w (unsigned) times the four int8 at *q, broadcast inside the instruction.
+[[gnu::always_inline]] inline __m512i dpbusd_bcast(__m512i acc, __m512i w, const int32_t* q) {
+#if defined(__GNUC__) && !defined(__clang__)
+  __asm__("vpdpbusd %[q]%{1to16%}, %[w], %[acc]" : [acc] "+v"(acc) : [w] "v"(w), [q] "m"(*q));
+  return acc;
+#else
+  return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(*q));
+#endif
+}
+
 // The activations of a tile of kTokens tokens, interleaved so that every broadcast in the kernel is a
-// constant displacement from one pointer: pair p of chunk j of token t is dword (j * 16 + p) * kTokens + t.
-// The last tile is padded with zero tokens.
-template <int NT, bool Halves, bool Offset>
+// constant displacement from one pointer: pair p of chunk j of token t is dword (j * 16 + p) * kTokens + t,
+// d is j * NT + t and s (j * 2 + h) * NT + t. The last tile is padded with zero tokens. Int8: quad p of chunk j
+// (eight per chunk) is dword (j * 8 + p) * NT + t, the panel holds unsigned quads (every type has an
+// offset then), and s (j * 3 + {0, 1, 2}) * NT + t for the first half, the second and the whole chunk, so
+// types whose halves share a and c take one offset term per chunk.
+template <int NT, bool Halves, bool Offset, bool Int8 = false>
 [[gnu::always_inline]] inline void panel_tile(const Panel& P, int64_t nc, const int32_t* q, const float* d,
                                               const float* s, float* y, int64_t ldy, int mt, __mmask16 rows) {
+  constexpr int kDwords = Int8 ? 8 : 16;  // per chunk and token
   __m512 acc[NT];
 #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-  for (int64_t j = 0; j < nc; ++j, q += 16 * NT, d += NT, s += 2 * NT) {
-    const int32_t* wj = P.u.data() + j * 256;
+  for (int64_t j = 0; j < nc; ++j, q += kDwords * NT, d += NT, s += (Int8 ? 3 : 2) * NT) {
+    const int32_t* wj = P.u.data() + j * kDwords * kPanel;
 #pragma GCC unroll 2
     for (int h = 0; h < (Halves ? 2 : 1); ++h) {
       __m512i i[NT];
 #pragma GCC unroll 16
       for (int t = 0; t < NT; ++t) i[t] = _mm512_setzero_si512();
-      const int p0 = Halves ? 8 * h : 0, p1 = Halves ? p0 + 8 : 16;
+      const int p0 = Halves ? kDwords / 2 * h : 0, p1 = Halves ? p0 + kDwords / 2 : kDwords;
 #pragma GCC unroll 16
       for (int p = p0; p < p1; ++p) {
         const __m512i wv = _mm512_loadu_si512(wj + p * kPanel);
 #pragma GCC unroll 16
-        for (int t = 0; t < NT; ++t) i[t] = dpwssd_bcast(i[t], wv, q + p * NT + t);
+        for (int t = 0; t < NT; ++t)
+          i[t] = Int8 ? dpbusd_bcast(i[t], wv, q + p * NT + t) : dpwssd_bcast(i[t], wv, q + p * NT + t);
       }
       const __m512 a = _mm512_loadu_ps(P.a.data() + j * 32 + 16 * h);
 #pragma GCC unroll 16
       for (int t = 0; t < NT; ++t)
         acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(i[t]), a), _mm512_set1_ps(d[t]), acc[t]);
     }
-    if constexpr (Offset) {
+    if constexpr (Int8 && !Halves) {
+      const __m512 c = _mm512_loadu_ps(P.c.data() + j * 32);
+#pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(s[2 * NT + t]), acc[t]);
+    } else if constexpr (Offset || Int8) {
       const __m512 c0 = _mm512_loadu_ps(P.c.data() + j * 32), c1 = _mm512_loadu_ps(P.c.data() + j * 32 + 16);
 #pragma GCC unroll 16
       for (int t = 0; t < NT; ++t) {
@@ -568,18 +596,23 @@ template <int NT, bool Halves, bool Offset>
       }
     }
   }
-  for (int t = 0; t < mt; ++t) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
+  // Unrolled with the bound inside: a loop to the run-time mt made GCC keep acc[] in memory, storing all
+  // twelve accumulators on every chunk.
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t)
+    if (t < mt) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
 }
 
 // Every tile of tokens against one decoded panel of n <= 16 rows.
-template <DType T>
+template <DType T, bool Int8 = false>
 void panel_tiles(const Panel& P, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
   const __mmask16 rows = __mmask16((1u << n) - 1u);
   const int64_t nc = a.K / 32;
+  constexpr int64_t kQ = Int8 ? 8 : 16, kS = Int8 ? 3 : 2;  // dwords of q and floats of s per chunk and token
   for (int64_t tile = 0; tile * kTokens < a.M; ++tile) {
     const int mt = int(std::min<int64_t>(kTokens, a.M - tile * kTokens));
-    panel_tile<kTokens, kHalves<T>, kOffset<T>>(P, nc, a.q.data() + tile * nc * 16 * kTokens,
-                                                      a.d.data() + tile * nc * kTokens, a.s.data() + tile * nc * 2 * kTokens,
+    panel_tile<kTokens, kHalves<T>, kOffset<T>, Int8>(P, nc, a.q.data() + tile * nc * kQ * kTokens,
+                                                      a.d.data() + tile * nc * kTokens, a.s.data() + tile * nc * kS * kTokens,
                                                       y + tile * kTokens * ldy, ldy, mt, rows);
   }
 }
@@ -780,11 +813,14 @@ void packed_rows_t(const uint8_t* w, int64_t group_bytes, int64_t g0, int64_t g1
   }
 }
 
-// The int16 panel of the prefill kernel, from a packed group: quad q widens to element pairs 2q, 2q + 1.
-template <DType T>
+// The panel of the prefill kernel from a packed group: int16, quad q widened to element pairs 2q, 2q + 1;
+// Int8 (activation_bits() == 8), the quads as they are, unsigned bytes: byte 4r + b of quad p is element
+// 4p + b of row r, and a chunk is eight vpdpbusd per token (u <= 255 times |q| <= 127: 32 products stay
+// below 2^20), then its scales.
+template <DType T, bool Int8 = false>
 void decode_packed_panel(const uint8_t* g, int64_t K, Panel& P) {
-  const int64_t nc = K / 32;
-  P.u.resize(size_t(nc * 256));
+  const int64_t nc = K / 32, kDwords = Int8 ? 128 : 256;  // per chunk
+  P.u.resize(size_t(nc * kDwords));
   P.a.resize(size_t(nc * 32));
   P.c.resize(size_t(nc * 32));
   const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -795,14 +831,18 @@ void decode_packed_panel(const uint8_t* g, int64_t K, Panel& P) {
       const int64_t j = j0 + c;
       load_group_chunk<T>(g, c, x);
       for (int q = 0; q < 8; ++q) {
+        if constexpr (Int8) {
+          _mm512_storeu_si512(P.u.data() + j * kDwords + q * kPanel, x.quad[q]);
+          continue;
+        }
         __m512i lo = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(x.quad[q]));      // rows 0-7
         __m512i hi = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(x.quad[q], 1));  // rows 8-15
         if constexpr (T == DType::q8_0) {  // back to the signed quants: the panel kernel has no q8_0 offset
           lo = _mm512_sub_epi16(lo, _mm512_set1_epi16(128));
           hi = _mm512_sub_epi16(hi, _mm512_set1_epi16(128));
         }
-        _mm512_storeu_si512(P.u.data() + j * 256 + (2 * q) * kPanel, _mm512_permutex2var_epi32(lo, even, hi));
-        _mm512_storeu_si512(P.u.data() + j * 256 + (2 * q + 1) * kPanel, _mm512_permutex2var_epi32(lo, odd, hi));
+        _mm512_storeu_si512(P.u.data() + j * kDwords + (2 * q) * kPanel, _mm512_permutex2var_epi32(lo, even, hi));
+        _mm512_storeu_si512(P.u.data() + j * kDwords + (2 * q + 1) * kPanel, _mm512_permutex2var_epi32(lo, odd, hi));
       }
       _mm512_storeu_ps(P.a.data() + j * 32, x.a0);
       _mm512_storeu_ps(P.a.data() + j * 32 + 16, x.a1);
@@ -811,11 +851,11 @@ void decode_packed_panel(const uint8_t* g, int64_t K, Panel& P) {
     }
 }
 
-template <DType T>
+template <DType T, bool Int8 = false>
 void packed_gemm_t(const uint8_t* group, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
   thread_local Panel P;
-  decode_packed_panel<T>(group, a.K, P);
-  panel_tiles<T>(P, n, a, y, ldy);
+  decode_packed_panel<T, Int8>(group, a.K, P);
+  panel_tiles<T, Int8>(P, n, a, y, ldy);
 }
 
 }  // namespace
@@ -845,6 +885,29 @@ PackedTokens pack_tokens(const int16_t* q, const float* d, const float* s, int64
       dt[j * kTokens] = d[m * nc + j];
       st[j * 2 * kTokens] = s[m * 2 * nc + 2 * j];
       st[(j * 2 + 1) * kTokens] = s[m * 2 * nc + 2 * j + 1];
+    }
+  }
+  return a;
+}
+
+PackedTokens pack_tokens8(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K) {
+  const int64_t nc = K / 32, tiles = (M + kTokens - 1) / kTokens;
+  PackedTokens a{M, K, Buffer<int32_t>(size_t(tiles * nc * 8 * kTokens), 0),
+                 Buffer<float>(size_t(tiles * nc * kTokens), 0.f), Buffer<float>(size_t(tiles * nc * 3 * kTokens), 0.f), 8};
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t tile = m / kTokens, t = m % kTokens;
+    int32_t* qt = a.q.data() + tile * nc * 8 * kTokens + t;
+    float* dt = a.d.data() + tile * nc * kTokens + t;
+    float* st = a.s.data() + tile * nc * 3 * kTokens + t;
+    for (int64_t j = 0; j < nc; ++j) {
+      int8_t b[32];
+      for (int l = 0; l < 32; ++l) b[l] = int8_t(q[m * K + 32 * j + l]);  // |q| <= 127: quantized with bits = 8
+      for (int p = 0; p < 8; ++p) std::memcpy(qt + (j * 8 + p) * kTokens, b + 4 * p, 4);
+      dt[j * kTokens] = d[m * nc + j];
+      const float s0 = s[m * 2 * nc + 2 * j], s1 = s[m * 2 * nc + 2 * j + 1];
+      st[(j * 3) * kTokens] = s0;
+      st[(j * 3 + 1) * kTokens] = s1;
+      st[(j * 3 + 2) * kTokens] = s0 + s1;
     }
   }
   return a;
@@ -896,6 +959,16 @@ void packed_gemm(DType type, const uint8_t* group, int64_t n, const PackedTokens
   }
 }
 
+void packed_gemm8(DType type, const uint8_t* group, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
+  switch (type) {
+#define LB_PACKED_CASE(t) \
+  case DType::t: return packed_gemm_t<DType::t, true>(group, n, a, y, ldy);
+    LB_PACKED_TYPES(LB_PACKED_CASE)
+#undef LB_PACKED_CASE
+    default: throw TypeError(std::string("packed_gemm8: no kernel for ") + name(type));
+  }
+}
+
 }  // namespace LB_ISA
 #elif LB_SIMD && defined(__AVX2__)
 namespace LB_ISA {
@@ -943,7 +1016,7 @@ void rows(const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, const int
 
 }  // namespace
 
-void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s) {
+void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s, float qmax) {
   const __m256 sign = _mm256_set1_ps(-0.f);
   for (int64_t j = 0; j < K / 32; ++j) {
     __m256 v[4], m = _mm256_setzero_ps();
@@ -954,7 +1027,7 @@ void quantize_act(const float* x, int64_t K, int16_t* q, float* d, float* s) {
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-    const float dj = amax / kActMax, id = amax > 0.f ? kActMax / amax : 0.f;
+    const float dj = amax / qmax, id = amax > 0.f ? qmax / amax : 0.f;
     __m256i iv[4];
     for (int i = 0; i < 4; ++i) iv[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
     // packs works per 128-bit lane ([a0-3 b0-3 | a4-7 b4-7]): put the 64-bit quarters back in order
@@ -982,17 +1055,17 @@ void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int
 }  // namespace LB_ISA
 #elif !LB_SIMD
 
-void quantize_act_ref(const float* x, int64_t K, int16_t* q, float* d, float* s) {
+void quantize_act_ref(const float* x, int64_t K, int16_t* q, float* d, float* s, float qmax) {
   for (int64_t j = 0; j < K / 32; ++j) {
     float amax = 0.f;
     for (int l = 0; l < 32; ++l) amax = std::max(amax, std::fabs(x[32 * j + l]));
-    const float dj = amax / kActMax, id = amax > 0.f ? kActMax / amax : 0.f;
+    const float dj = amax / qmax, id = amax > 0.f ? qmax / amax : 0.f;
     d[j] = dj;
     for (int h = 0; h < 2; ++h) {
       int32_t sum = 0;
       for (int l = 16 * h; l < 16 * h + 16; ++l) {
         const int v = int(std::nearbyint(x[32 * j + l] * id));  // ties to even, as cvtps2dq
-        q[32 * j + l] = int16_t(std::clamp(v, -int(kActMax), int(kActMax)));
+        q[32 * j + l] = int16_t(std::clamp(v, -int(qmax), int(qmax)));
         sum += q[32 * j + l];
       }
       s[2 * j + h] = dj * float(sum);
@@ -1045,7 +1118,7 @@ Isa qlinear_isa() {
   return Isa::scalar;
 }
 
-using QuantizeFn = void (*)(const float*, int64_t, int16_t*, float*, float*);
+using QuantizeFn = void (*)(const float*, int64_t, int16_t*, float*, float*, float);
 using QdotFn = void (*)(DType, const std::byte*, int64_t, int64_t, int64_t, const int16_t*, const float*,
                         const float*, float*);
 
@@ -1069,17 +1142,22 @@ bool qlinear_fast(DType t, int64_t M) {
   return kernels::chunk_fn(t) != nullptr && (isa == Isa::avx512 || (isa == Isa::avx2 && M < 4));
 }
 
-QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bool reference) {
+int activation_bits_for(int64_t M) { return M >= 4 ? activation_bits() : 16; }
+
+QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t ld, bool reference, int bits) {
+  if (bits != 8 && bits != 16) throw ValueError("quantize_rows: bits must be 8 or 16, got " + std::to_string(bits));
   QuantizedRows a;
   a.M = M;
   a.K = K;
+  a.bits = bits;
+  const float qmax = bits == 8 ? kernels::kAct8Max : kernels::kActMax;
   a.q.resize(size_t(M * K));
   a.d.resize(size_t(M * K / 32));
   a.s.resize(size_t(M * K / 16));
   const QuantizeFn fn = kernels_for(reference).first;
   detail::for_rows(M, K, [&](int64_t r0, int64_t r1) {
     for (int64_t m = r0; m < r1; ++m)
-      fn(x + m * ld, K, a.q.data() + m * K, a.d.data() + m * K / 32, a.s.data() + m * K / 16);
+      fn(x + m * ld, K, a.q.data() + m * K, a.d.data() + m * K / 32, a.s.data() + m * K / 16, qmax);
   });
   return a;
 }
@@ -1379,15 +1457,16 @@ void packed_row_to_float(const PackedWeight& w, int64_t r, float* y) {
   }
 }
 
-PackedActivations pack_activations(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K) {
+PackedActivations pack_activations(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K,
+                                   int bits) {
 #ifdef LB_HAVE_avx512
-  if (M >= 4) return kernels::avx512::pack_tokens(q, d, s, M, K);
+  if (M >= 4) return bits == 8 ? kernels::avx512::pack_tokens8(q, d, s, M, K) : kernels::avx512::pack_tokens(q, d, s, M, K);
   PackedActivations a{M, K, Buffer<int32_t>(size_t(M * K / 2)), Buffer<float>(d, d + M * K / 32),
                       Buffer<float>(s, s + M * K / 16)};
   for (int64_t m = 0; m < M; ++m) kernels::avx512::split_act(q + m * K, K, a.q.data() + m * K / 2);
   return a;
 #else
-  (void)q, (void)d, (void)s, (void)M, (void)K;
+  (void)q, (void)d, (void)s, (void)M, (void)K, (void)bits;
   throw TypeError("pack_activations: this build has no avx512 kernels");
 #endif
 }
@@ -1403,10 +1482,10 @@ void qlinear_packed_groups(const PackedActivations& a, const PackedWeight& w, in
                                  a.s.data(), a.M, y, ldy);
     return;
   }
+  const auto gemm = a.bits == 8 ? kernels::avx512::packed_gemm8 : kernels::avx512::packed_gemm;
   for (int64_t g = g0; g < g1; ++g)
-    kernels::avx512::packed_gemm(w.type, w.data.data() + g * w.group_bytes,
-                                 std::min<int64_t>(kernels::kGroup, N - g * kernels::kGroup), a,
-                                 y + g * kernels::kGroup, ldy);
+    gemm(w.type, w.data.data() + g * w.group_bytes, std::min<int64_t>(kernels::kGroup, N - g * kernels::kGroup), a,
+         y + g * kernels::kGroup, ldy);
 #else
   (void)a, (void)w, (void)g0, (void)g1, (void)y, (void)ldy;
   throw TypeError("qlinear_packed: this build has no avx512 kernels");
@@ -1414,7 +1493,7 @@ void qlinear_packed_groups(const PackedActivations& a, const PackedWeight& w, in
 }
 
 void qlinear_packed(const QuantizedRows& a, const PackedWeight& w, float* y) {
-  const PackedActivations p = pack_activations(a.q.data(), a.d.data(), a.s.data(), a.M, a.K);
+  const PackedActivations p = pack_activations(a.q.data(), a.d.data(), a.s.data(), a.M, a.K, a.bits);
   // One contiguous run of groups per thread (the pool's partitioner is static).
   parallel_for((w.N + kernels::kGroup - 1) / kernels::kGroup, 1,
                [&](int64_t g0, int64_t g1) { qlinear_packed_groups(p, w, g0, g1, y, w.N); });

@@ -187,6 +187,20 @@ std::atomic<bool>& activation_quantization_flag() {
 bool activation_quantization() { return activation_quantization_flag().load(std::memory_order_relaxed); }
 void set_activation_quantization(bool on) { activation_quantization_flag().store(on, std::memory_order_relaxed); }
 
+namespace {
+std::atomic<int>& activation_bits_value() {
+  static std::atomic<int> bits{16};
+  return bits;
+}
+}  // namespace
+
+int activation_bits() { return activation_bits_value().load(std::memory_order_relaxed); }
+void set_activation_bits(int bits) {
+  if (bits != 8 && bits != 16)
+    throw ValueError("set_activation_bits: bits must be 16 (the default) or 8, got " + std::to_string(bits));
+  activation_bits_value().store(bits, std::memory_order_relaxed);
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::scalar: return "scalar";
