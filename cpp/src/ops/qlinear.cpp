@@ -96,7 +96,9 @@ void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int
 // qgemm_rows; made once per product and shared by every panel.
 constexpr int kTokens = 12;  // 12 int32 + 12 float accumulators fit the 32 zmm registers
 using PackedTokens = ops::PackedActivations;  // the M >= 4 form
-PackedTokens pack_tokens(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K);
+// bits = 8: q quantized with |q| <= 127, packed as int8 quads (pair p of the int16 layout becomes quad p of
+// four int8, eight per chunk) for packed_gemm8. s holds per chunk its halves' s and their sum.
+PackedTokens pack_tokens(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K, int bits = 16);
 // y[m * ldy + r] for the M packed activation rows and n <= 16 weight rows: the rows are decoded once into a
 // panel (rows as lanes), then multiplied 16 rows x 12 tokens at a time.
 void qgemm_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, const PackedTokens& a, float* y,
@@ -109,10 +111,8 @@ void packed_rows(DType type, const uint8_t* w, int64_t group_bytes, int64_t g0, 
                  const int32_t* hl, const float* d, const float* s, int64_t M, float* y, int64_t ldy);
 // qgemm_rows for the n <= 16 rows of one packed group.
 void packed_gemm(DType type, const uint8_t* group, int64_t n, const PackedTokens& a, float* y, int64_t ldy);
-// The int8 form (activations quantized with |q| <= 127): pair p of the int16 layout becomes quad p of
-// four int8 (eight per chunk), and s holds per chunk its halves' s and their sum. packed_gemm8 multiplies
-// the group's unsigned quads by them directly: one vpdpbusd per four elements instead of one vpdpwssd per two.
-PackedTokens pack_tokens8(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K);
+// packed_gemm for int8 tokens: the group's unsigned quads times them directly, one vpdpbusd per four
+// elements instead of one vpdpwssd per two.
 void packed_gemm8(DType type, const uint8_t* group, int64_t n, const PackedTokens& a, float* y, int64_t ldy);
 }  // namespace avx512
 namespace avx2 {  // matrix-vector only: prefill on AVX2 dequantizes panels for OpenBLAS's sgemm
@@ -551,11 +551,11 @@ void decode_panel(const std::byte* w, int64_t row_bytes, int64_t n, int64_t K, P
 }
 
 // The activations of a tile of kTokens tokens, interleaved so that every broadcast in the kernel is a
-// constant displacement from one pointer: pair p of chunk j of token t is dword (j * 16 + p) * kTokens + t,
-// d is j * NT + t and s (j * 2 + h) * NT + t. The last tile is padded with zero tokens. Int8: quad p of chunk j
-// (eight per chunk) is dword (j * 8 + p) * NT + t, the panel holds unsigned quads (every type has an
-// offset then), and s (j * 3 + {0, 1, 2}) * NT + t for the first half, the second and the whole chunk, so
-// types whose halves share a and c take one offset term per chunk.
+// constant displacement from one pointer: pair p of chunk j of token t is dword (j * 16 + p) * kTokens + t
+// (Int8: quad p, dword (j * 8 + p) * kTokens + t, eight per chunk), d is j * NT + t, and s
+// (j * 3 + {0, 1, 2}) * NT + t for the first half, the second and the whole chunk, so that types whose
+// halves share a and c take one offset term per chunk. The last tile is padded with zero tokens. The Int8
+// panel holds unsigned quads, so every type has an offset there.
 template <int NT, bool Halves, bool Offset, bool Int8 = false>
 [[gnu::always_inline]] inline void panel_tile(const Panel& P, int64_t nc, const int32_t* q, const float* d,
                                               const float* s, float* y, int64_t ldy, int mt, __mmask16 rows) {
@@ -563,7 +563,7 @@ template <int NT, bool Halves, bool Offset, bool Int8 = false>
   __m512 acc[NT];
 #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-  for (int64_t j = 0; j < nc; ++j, q += kDwords * NT, d += NT, s += (Int8 ? 3 : 2) * NT) {
+  for (int64_t j = 0; j < nc; ++j, q += kDwords * NT, d += NT, s += 3 * NT) {
     const int32_t* wj = P.u.data() + j * kDwords * kPanel;
 #pragma GCC unroll 2
     for (int h = 0; h < (Halves ? 2 : 1); ++h) {
@@ -583,7 +583,7 @@ template <int NT, bool Halves, bool Offset, bool Int8 = false>
       for (int t = 0; t < NT; ++t)
         acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(i[t]), a), _mm512_set1_ps(d[t]), acc[t]);
     }
-    if constexpr (Int8 && !Halves) {
+    if constexpr ((Offset || Int8) && !Halves) {  // one a and c for the chunk
       const __m512 c = _mm512_loadu_ps(P.c.data() + j * 32);
 #pragma GCC unroll 16
       for (int t = 0; t < NT; ++t) acc[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(s[2 * NT + t]), acc[t]);
@@ -608,7 +608,7 @@ template <DType T, bool Int8 = false>
 void panel_tiles(const Panel& P, int64_t n, const PackedTokens& a, float* y, int64_t ldy) {
   const __mmask16 rows = __mmask16((1u << n) - 1u);
   const int64_t nc = a.K / 32;
-  constexpr int64_t kQ = Int8 ? 8 : 16, kS = Int8 ? 3 : 2;  // dwords of q and floats of s per chunk and token
+  constexpr int64_t kQ = Int8 ? 8 : 16, kS = 3;  // dwords of q and floats of s per chunk and token
   for (int64_t tile = 0; tile * kTokens < a.M; ++tile) {
     const int mt = int(std::min<int64_t>(kTokens, a.M - tile * kTokens));
     panel_tile<kTokens, kHalves<T>, kOffset<T>, Int8>(P, nc, a.q.data() + tile * nc * kQ * kTokens,
@@ -871,38 +871,25 @@ void qdot_rows(DType type, const std::byte* w, int64_t row_bytes, int64_t n, int
   }
 }
 
-PackedTokens pack_tokens(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K) {
-  const int64_t nc = K / 32, tiles = (M + kTokens - 1) / kTokens;
-  PackedTokens a{M, K, Buffer<int32_t>(size_t(tiles * nc * 16 * kTokens), 0),
-                 Buffer<float>(size_t(tiles * nc * kTokens), 0.f), Buffer<float>(size_t(tiles * nc * 2 * kTokens), 0.f)};
+PackedTokens pack_tokens(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K, int bits) {
+  const int64_t nc = K / 32, tiles = (M + kTokens - 1) / kTokens, kQ = bits == 8 ? 8 : 16;  // dwords per chunk
+  PackedTokens a{M, K, Buffer<int32_t>(size_t(tiles * nc * kQ * kTokens), 0),
+                 Buffer<float>(size_t(tiles * nc * kTokens), 0.f), Buffer<float>(size_t(tiles * nc * 3 * kTokens), 0.f),
+                 bits};
   for (int64_t m = 0; m < M; ++m) {
     const int64_t tile = m / kTokens, t = m % kTokens;
-    int32_t* qt = a.q.data() + tile * nc * 16 * kTokens + t;
-    float* dt = a.d.data() + tile * nc * kTokens + t;
-    float* st = a.s.data() + tile * nc * 2 * kTokens + t;
-    for (int64_t j = 0; j < nc; ++j) {
-      for (int p = 0; p < 16; ++p) std::memcpy(qt + (j * 16 + p) * kTokens, q + m * K + 32 * j + 2 * p, 4);
-      dt[j * kTokens] = d[m * nc + j];
-      st[j * 2 * kTokens] = s[m * 2 * nc + 2 * j];
-      st[(j * 2 + 1) * kTokens] = s[m * 2 * nc + 2 * j + 1];
-    }
-  }
-  return a;
-}
-
-PackedTokens pack_tokens8(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K) {
-  const int64_t nc = K / 32, tiles = (M + kTokens - 1) / kTokens;
-  PackedTokens a{M, K, Buffer<int32_t>(size_t(tiles * nc * 8 * kTokens), 0),
-                 Buffer<float>(size_t(tiles * nc * kTokens), 0.f), Buffer<float>(size_t(tiles * nc * 3 * kTokens), 0.f), 8};
-  for (int64_t m = 0; m < M; ++m) {
-    const int64_t tile = m / kTokens, t = m % kTokens;
-    int32_t* qt = a.q.data() + tile * nc * 8 * kTokens + t;
+    int32_t* qt = a.q.data() + tile * nc * kQ * kTokens + t;
     float* dt = a.d.data() + tile * nc * kTokens + t;
     float* st = a.s.data() + tile * nc * 3 * kTokens + t;
     for (int64_t j = 0; j < nc; ++j) {
-      int8_t b[32];
-      for (int l = 0; l < 32; ++l) b[l] = int8_t(q[m * K + 32 * j + l]);  // |q| <= 127: quantized with bits = 8
-      for (int p = 0; p < 8; ++p) std::memcpy(qt + (j * 8 + p) * kTokens, b + 4 * p, 4);
+      const int16_t* qj = q + m * K + 32 * j;
+      if (bits == 8) {
+        int8_t b[32];
+        for (int l = 0; l < 32; ++l) b[l] = int8_t(qj[l]);  // |q| <= 127: quantized with bits = 8
+        for (int p = 0; p < 8; ++p) std::memcpy(qt + (j * 8 + p) * kTokens, b + 4 * p, 4);
+      } else {
+        for (int p = 0; p < 16; ++p) std::memcpy(qt + (j * 16 + p) * kTokens, qj + 2 * p, 4);
+      }
       dt[j * kTokens] = d[m * nc + j];
       const float s0 = s[m * 2 * nc + 2 * j], s1 = s[m * 2 * nc + 2 * j + 1];
       st[(j * 3) * kTokens] = s0;
@@ -1460,7 +1447,7 @@ void packed_row_to_float(const PackedWeight& w, int64_t r, float* y) {
 PackedActivations pack_activations(const int16_t* q, const float* d, const float* s, int64_t M, int64_t K,
                                    int bits) {
 #ifdef LB_HAVE_avx512
-  if (M >= 4) return bits == 8 ? kernels::avx512::pack_tokens8(q, d, s, M, K) : kernels::avx512::pack_tokens(q, d, s, M, K);
+  if (M >= 4) return kernels::avx512::pack_tokens(q, d, s, M, K, bits);
   PackedActivations a{M, K, Buffer<int32_t>(size_t(M * K / 2)), Buffer<float>(d, d + M * K / 32),
                       Buffer<float>(s, s + M * K / 16)};
   for (int64_t m = 0; m < M; ++m) kernels::avx512::split_act(q + m * K, K, a.q.data() + m * K / 2);
