@@ -10,7 +10,8 @@ memory a pure SSM keeps against a transformer's KV cache.
    transformers runs its torch path (no mamba_ssm / causal_conv1d kernels on CPU), the one a
    researcher gets. Issue 6's bars: prefill >= 20x, decode >= 10x. lmblocks also runs the same
    checkpoint with its projections and embedding quantized to q8_0 (`lb.quantize_model`), a row of
-   its own: the float32 rows compare like with like. The machine's ceilings are measured in the same
+   its own (and its prefill once more with int8 activations, lb.set_activation_bits(8), llama.cpp's
+   precision): the float32 rows compare like with like. The machine's ceilings are measured in the same
    run (peak FMA rate, DRAM read bandwidth), and the report says what each bar would need of them.
 2. Memory: the recurrent state of that Mamba2 model per sequence against the KV cache of an
    equal-width Llama-style transformer (24 layers, 12 heads of 64, f16 cache) at 1k, 8k and 32k tokens,
@@ -74,14 +75,19 @@ def bench_engines(shape: dict, threads: int, rounds: int, prefills, n_decode: in
     out: dict = {}
     for T in prefills:
         ids = rng.integers(0, V, T)
-        o, q, t = [], [], []
+        o, q, q_int8, t = [], [], [], []
         for _ in range(rounds):
             o.append(T / timed(lambda: ours.forward(ours.new_cache(1, T), ids.astype(np.int32))))
             q.append(T / timed(lambda: q8.forward(q8.new_cache(1, T), ids.astype(np.int32))))
+            lb.set_activation_bits(8)  # llama.cpp's activation precision for the q8_0 projections
+            try:
+                q_int8.append(T / timed(lambda: q8.forward(q8.new_cache(1, T), ids.astype(np.int32))))
+            finally:
+                lb.set_activation_bits(16)
             with torch.no_grad():
                 t.append(T / timed(lambda: ref(torch.from_numpy(ids)[None], logits_to_keep=1)))
         out[f"prefill{T}"] = {"lmblocks": statistics.median(o), "lmblocks_q8_0": statistics.median(q),
-                              "transformers": statistics.median(t)}
+                              "lmblocks_q8_0_int8": statistics.median(q_int8), "transformers": statistics.median(t)}
     prompt = rng.integers(0, V, 512)
 
     def ours_decode(model):
@@ -112,6 +118,8 @@ def bench_engines(shape: dict, threads: int, rounds: int, prefills, n_decode: in
     for v in out.values():
         v["ratio"] = v["lmblocks"] / v["transformers"]
         v["ratio_q8_0"] = v["lmblocks_q8_0"] / v["transformers"]
+        if "lmblocks_q8_0_int8" in v:
+            v["ratio_q8_0_int8"] = v["lmblocks_q8_0_int8"] / v["transformers"]
     return out
 
 
@@ -154,7 +162,7 @@ def render(rec: dict) -> str:
              "Measured in the same run: peak FMA " + ", ".join(f"{v:.0f} GFLOP/s at {n}T" for n, v in c["fma_gflops"].items())
              + "; DRAM read " + ", ".join(f"{v:.1f} GB/s at {n}T" for n, v in c["dram_read_gbs"].items()) + ".", "",
              "| threads | figure | transformers f32 tok/s | lmblocks f32 tok/s | ratio (bar) | lmblocks q8_0 tok/s | ratio |"
-             " what the bar needs in f32 |", "|---|---|---|---|---|---|---|---|"]
+             " q8_0, int8 activations (prefill) | what the bar needs in f32 |", "|---|---|---|---|---|---|---|---|---|"]
     for n, res in rec["threads"].items():
         for k, v in res.items():
             bar = 10 if k == "decode" else 20
@@ -163,8 +171,9 @@ def render(rec: dict) -> str:
                 needs = f"{want * need['decode_bytes'] / 1e9:.0f} GB/s of weights (DRAM {c['dram_read_gbs'][n]:.0f})"
             else:
                 needs = f"{want * need['prefill_flops'] / 1e9:.0f} GFLOP/s in matmuls (peak {c['fma_gflops'][n]:.0f})"
+            int8 = f"{v['lmblocks_q8_0_int8']:.1f} ({v['ratio_q8_0_int8']:.1f}x)" if "ratio_q8_0_int8" in v else "–"
             lines.append(f"| {n} | {k} | {v['transformers']:.1f} | {v['lmblocks']:.1f} | {v['ratio']:.1f}x (>= {bar}x) | "
-                         f"{v['lmblocks_q8_0']:.1f} | {v['ratio_q8_0']:.1f}x | {needs} |")
+                         f"{v['lmblocks_q8_0']:.1f} | {v['ratio_q8_0']:.1f}x | {int8} | {needs} |")
     lines += ["", "| context | Mamba2 state (per sequence) | equal-width transformer KV (f16) |", "|---|---|---|"]
     for n, m in rec["memory"].items():
         lines.append(f"| {n} | {m['ssm_state_bytes'] / 2**20:.2f} MiB | {m['transformer_kv_bytes'] / 2**20:.1f} MiB |")
