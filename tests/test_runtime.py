@@ -198,3 +198,61 @@ def test_large_buffers_are_kept_for_reuse_and_released():
     del u
     core.release_buffers()
     assert core.cached_buffer_bytes() == 0
+
+
+def resident_bytes_of_mapping(path) -> int:
+    """Bytes of this process's mappings of `path` that are present in its page tables (/proc/self/pagemap)."""
+    total = 0
+    with open("/proc/self/pagemap", "rb") as pm, open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split()
+            if len(parts) < 6 or not parts[-1].startswith("/") or not os.path.samefile(parts[-1], path):
+                continue
+            a, b = (int(x, 16) for x in parts[0].split("-"))
+            pm.seek(a // 4096 * 8)
+            entries = np.frombuffer(pm.read((b - a) // 4096 * 8), np.uint64)
+            total += int((entries >> np.uint64(63)).sum()) * 4096
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/pagemap")
+def test_packed_matrices_stay_released_after_a_forward_pass(tmp_path):
+    """A model's repacked matrices are resident once: load() drops their pages from the file mapping, and a
+    forward pass must not bring them back. It did where the page cache holds the file in 2 MiB folios
+    (left there by any reader that mapped it with huge pages, as here): the first read of a norm's
+    weights mapped the whole folio around it, packed neighbours included (46 MiB of SmolLM2 Q4_K_M's
+    100 after one token; 18 MiB of this file's 20). Bound: the unpacked tensors, two pages per tensor
+    for the partial pages at their ends, and 1 MiB. (A kernel or file system without large folios
+    passes either way.)"""
+    import gc
+    import mmap
+
+    from lmblocks import nn
+    from lmblocks.io import read_gguf
+
+    rng = np.random.default_rng(0)
+    D, F = 512, 1536
+    layer = lambda i: nn.Layer(nn.Attention(D, 8, 4, rng=rng), nn.MLP(D, F, rng=rng))  # noqa: E731
+    nn.Model(nn.Embedding(256, D, rng=rng), nn.Stack("A" * 6, {"A": layer}), nn.RMSNorm(D)).save(tmp_path / "f32.gguf")
+    path = tmp_path / "q8_0.gguf"
+    lb.quantize_model(lb.load(tmp_path / "f32.gguf", verbose=False), "q8_0", verbose=False).save(path)
+    f = read_gguf(path)
+    packed = sum(t.nbytes for t in f.tensors.values()
+                 if len(t.shape) == 2 and lb._core.quant.packable(str(t.dtype)))
+    n_tensors = len(f.tensors)
+    del f
+    gc.collect()  # its mapping of the file too
+    if packed == 0:
+        pytest.skip("no matrix is repacked on this CPU (the avx512 kernels do not run)")
+    with open(path, "rb") as fh:  # out of the page cache, then back in through a huge-page mapping
+        os.fsync(fh.fileno())
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        with mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) as m:
+            if hasattr(mmap, "MADV_HUGEPAGE"):
+                m.madvise(mmap.MADV_HUGEPAGE)
+            sum(m[i] for i in range(0, len(m), 4096))
+    back = lb.load(path, verbose=False)
+    back.logits([1, 2, 3])
+    unpacked = os.path.getsize(path) - packed
+    got = resident_bytes_of_mapping(path)
+    assert got <= unpacked + 2 * 4096 * n_tensors + (1 << 20), (got >> 10, unpacked >> 10, packed >> 10)

@@ -37,7 +37,15 @@ void release_mapped_pages(const void* p, int64_t n) {
   if (b + n > it->second) return;
   const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
   const uintptr_t lo = (uintptr_t(b) + page - 1) / page * page, hi = uintptr_t(b + n) / page * page;
-  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  if (hi <= lo) return;
+  // No huge page mappings over the range first: on kernels that keep file pages in large folios, one
+  // fault on a small tensor beside it (a norm's weights) would otherwise map the whole 2 MiB folio back,
+  // released pages included (SmolLM2 Q4_K_M: 46 MiB of packed matrices resident twice after one token).
+  // The range becomes its own VMA, so neither that nor fault-around can reach into it from outside.
+#ifdef MADV_NOHUGEPAGE
+  ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_NOHUGEPAGE);
+#endif
+  ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
