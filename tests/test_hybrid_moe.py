@@ -9,13 +9,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import lmblocks as lb
 from lmblocks.io import FormatError
 
-from test_mamba import (assert_decode_equals_recompute, assert_states_equal_cache, hf_logits, prefill_both, randomize,
-                        rel_err)
+from test_mamba import (assert_decode_equals_recompute, assert_logits_equal_transformers, assert_states_equal_cache,
+                        prefill_both, randomize, rel_err, seeded)
 
 V = 300
 
@@ -42,20 +41,21 @@ CONFIGS = {
 }
 
 
-def hf_classes(kind):
+def hf_model(kind, kw):
+    """transformers' Jamba or GraniteMoeHybrid model of config `kw`, random parameters (see randomize)."""
     import transformers
     if kind == "jamba":
-        return transformers.JambaConfig, transformers.JambaForCausalLM
-    return transformers.GraniteMoeHybridConfig, transformers.GraniteMoeHybridForCausalLM
+        ref = seeded(transformers.JambaForCausalLM, transformers.JambaConfig(**kw))
+    else:
+        ref = seeded(transformers.GraniteMoeHybridForCausalLM, transformers.GraniteMoeHybridConfig(**kw))
+    randomize(ref)
+    return ref
 
 
 def hf_folder(name, folder):
     """transformers' model for CONFIGS[name], random parameters, saved to ``folder``."""
     kind, kw = CONFIGS[name]
-    Config, Model = hf_classes(kind)
-    torch.manual_seed(0)
-    ref = Model(Config(**kw)).eval()
-    randomize(ref)
+    ref = hf_model(kind, kw)
     ref.save_pretrained(folder)
     return ref
 
@@ -92,8 +92,7 @@ def test_layouts(tiny):
 @pytest.mark.parametrize("T", [1, 7, 64, 300])
 def test_logits_equal_transformers(tiny, T):
     name, ref, model, _ = tiny
-    ids = np.random.default_rng(T).integers(0, V, T)
-    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4, name
+    assert_logits_equal_transformers(model, ref, T, name)
 
 
 def test_decode_step_by_step_equals_full_recompute(tiny):
@@ -345,10 +344,7 @@ def gguf(request, tmp_path_factory):
         kw = dict(kw, position_embedding_type="rope" if rope else None)
     if config == "jamba_dense_bias":  # llama.cpp's Jamba has no Mamba projection biases and needs expand 2
         kw = dict(kw, mamba_proj_bias=False)
-    Config, Model = hf_classes(kind)
-    torch.manual_seed(0)
-    ref = Model(Config(**kw)).eval()
-    randomize(ref)
+    ref = hf_model(kind, kw)
     path = tmp_path_factory.mktemp(request.param) / f"tiny-{arch}.gguf"
     write_hybrid_gguf(ref, path, arch, rope)
     return request.param, ref, path
@@ -358,8 +354,7 @@ def gguf(request, tmp_path_factory):
 def test_gguf_logits_equal_transformers(gguf, T):
     name, ref, path = gguf
     model = lb.load(path, verbose=False)
-    ids = np.random.default_rng(T).integers(0, V, T)
-    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4, name
+    assert_logits_equal_transformers(model, ref, T, name)
     attn = [b.mixer for b in model.lm.body if b.mixer.kind == "Attention"]
     assert attn and all(a.rope == name.endswith("rope") for a in attn)
 

@@ -8,13 +8,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import lmblocks as lb
 from lmblocks import serialize
 from lmblocks.io import FormatError
-from test_mamba import (assert_decode_equals_recompute, assert_states_equal_cache, hf_logits, prefill_both, randomize,
-                        rel_err, saved_and_loaded)
+from test_mamba import (assert_decode_equals_recompute, assert_logits_equal_transformers, assert_states_equal_cache,
+                        prefill_both, randomize, rel_err, saved_and_loaded, seeded)
 
 V = 300
 _MULTIPLIERS = dict(embedding_multiplier=2.0, lm_head_multiplier=0.5, key_multiplier=0.7, attention_in_multiplier=1.3,
@@ -43,9 +42,7 @@ def falcon_reference(name):
                 num_key_value_heads=4, mamba_d_state=12, mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=16,
                 max_position_embeddings=512, rms_norm_eps=1e-5)
     cfg = FalconH1Config(**{**base, **{**FALCON_H1, **FALCON_H1_GGUF}[name]})
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(0)
-    return FalconH1ForCausalLM(cfg).eval()
+    return seeded(FalconH1ForCausalLM, cfg, eager=True)
 
 
 @pytest.fixture(scope="module", params=sorted(FALCON_H1))
@@ -58,8 +55,7 @@ def falcon(request, tmp_path_factory):
 @pytest.mark.parametrize("T", [1, 7, 64, 300])
 def test_falcon_h1_logits_equal_transformers(falcon, T):
     name, ref, model, _ = falcon
-    ids = np.random.default_rng(T).integers(0, V, T)
-    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4, name
+    assert_logits_equal_transformers(model, ref, T, name)
 
 
 def test_falcon_h1_layout_and_folded_multipliers(falcon):
@@ -226,8 +222,7 @@ def test_falcon_h1_gguf_logits_equal_transformers(falcon_gguf, T):
     model = lb.load(path, verbose=False)
     assert model.args.model_type == "falcon_h1"
     assert ("norm" in model.lm.body[0].mixer.blocks[0].weights()) == ref.config.mamba_rms_norm
-    ids = np.random.default_rng(T).integers(0, V, T)
-    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4
+    assert_logits_equal_transformers(model, ref, T)
 
 
 def test_llama_cpp_runs_the_falcon_h1_gguf_with_our_greedy_tokens(falcon_gguf):
@@ -263,9 +258,7 @@ def zamba2_reference(name):
     cfg = Zamba2Config(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=6, num_attention_heads=4,
                        n_mamba_heads=4, mamba_d_state=8, chunk_size=16, adapter_rank=4,
                        max_position_embeddings=512, **{"use_mem_rope": True, **ZAMBA2[name]})
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(0)
-    return Zamba2ForCausalLM(cfg).eval()
+    return seeded(Zamba2ForCausalLM, cfg, eager=True)
 
 
 @pytest.fixture(scope="module", params=sorted(ZAMBA2))
@@ -277,8 +270,7 @@ def zamba(request, tmp_path_factory):
 @pytest.mark.parametrize("T", [1, 7, 64, 300])
 def test_zamba2_logits_equal_transformers(zamba, T):
     name, ref, model = zamba
-    ids = np.random.default_rng(T).integers(0, V, T)
-    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4, name
+    assert_logits_equal_transformers(model, ref, T, name)
 
 
 def hf_shares(ref, i, k):

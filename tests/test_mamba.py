@@ -42,6 +42,20 @@ def randomize(ref):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
 
+def seeded(Model, cfg, eager=False):
+    """transformers' Model(cfg) made under a fixed seed, in eval mode (`eager`: eager attention)."""
+    if eager:
+        cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    return Model(cfg).eval()
+
+
+def assert_logits_equal_transformers(model, ref, T, what=""):
+    """T random tokens (seeded by T) in one pass: our logits within 1e-4 of transformers' range."""
+    ids = np.random.default_rng(T).integers(0, V, T)
+    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4, what
+
+
 def saved_and_loaded(ref, folder):
     """transformers' model with random parameters, saved to `folder`; lmblocks' load of that folder."""
     randomize(ref)
@@ -67,8 +81,7 @@ def transformers_model(name):
     Config = transformers.Mamba2Config if v2 else transformers.MambaConfig
     Model = transformers.Mamba2ForCausalLM if v2 else transformers.MambaForCausalLM
     cfg = Config(vocab_size=V, num_hidden_layers=2, expand=2, layer_norm_epsilon=1e-5, **CONFIGS[name])
-    torch.manual_seed(0)
-    ref = Model(cfg).eval()
+    ref = seeded(Model, cfg)
     randomize(ref)
     return ref
 
@@ -87,8 +100,7 @@ def hf_logits(ref, ids):
 @pytest.mark.parametrize("T", [1, 7, 64, 300])
 def test_logits_equal_transformers(tiny, T):
     name, ref, model = tiny
-    ids = np.random.default_rng(T).integers(0, V, T)
-    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4, name
+    assert_logits_equal_transformers(model, ref, T, name)
 
 
 def test_decode_step_by_step_equals_full_recompute(tiny):
@@ -291,8 +303,7 @@ def bamba(tmp_path_factory):
     cfg = BambaConfig(vocab_size=V, hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=4,
                       num_key_value_heads=2, attn_layer_indices=[1], mamba_n_heads=8, mamba_n_groups=2,
                       mamba_d_state=12, mamba_chunk_size=16, tie_word_embeddings=False, max_position_embeddings=512)
-    torch.manual_seed(0)
-    ref = BambaForCausalLM(cfg).eval()
+    ref = seeded(BambaForCausalLM, cfg)
     return ref, saved_and_loaded(ref, tmp_path_factory.mktemp("bamba"))
 
 
@@ -300,8 +311,7 @@ def bamba(tmp_path_factory):
 def test_bamba_logits_equal_transformers(bamba, T):
     ref, model = bamba
     assert [b.mixer.kind for b in model.lm.body] == ["Mamba2", "Attention", "Mamba2", "Mamba2"]
-    ids = np.random.default_rng(T).integers(0, V, T)
-    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4
+    assert_logits_equal_transformers(model, ref, T)
 
 
 def test_bamba_decode_equals_recompute(bamba):
@@ -368,8 +378,7 @@ def test_gguf_logits_equal_transformers(ssm_gguf, T):
     name, ref, path = ssm_gguf
     model = lb.load(path, verbose=False)
     assert model.args.model_type == ref.config.model_type
-    ids = np.random.default_rng(T).integers(0, V, T)
-    assert rel_err(model.logits(ids), hf_logits(ref, ids)) <= 1e-4, name
+    assert_logits_equal_transformers(model, ref, T, name)
 
 
 def test_llama_cpp_runs_the_ssm_gguf_with_our_greedy_tokens(ssm_gguf):
