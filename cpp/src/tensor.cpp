@@ -208,28 +208,29 @@ static bool view_strides(const Tensor& t, const Shape& shape, Shape& out) {
     return true;
   }
   // Collapse the old shape into chunks of contiguous dims (ignoring size-1 dims).
-  std::vector<std::pair<int64_t, int64_t>> chunks;  // (size, innermost stride)
+  std::pair<int64_t, int64_t> chunks[kMaxDims];  // (size, innermost stride)
+  size_t n_chunks = 0;
   for (int i = 0; i < int(old.size()); ++i) {
     if (old[i] == 1) continue;
-    if (!chunks.empty() && chunks.back().second == os[i] * old[i]) {
-      chunks.back().first *= old[i];
-      chunks.back().second = os[i];
+    if (n_chunks > 0 && chunks[n_chunks - 1].second == os[i] * old[i]) {
+      chunks[n_chunks - 1].first *= old[i];
+      chunks[n_chunks - 1].second = os[i];
     } else {
-      chunks.push_back({old[i], os[i]});
+      chunks[n_chunks++] = {old[i], os[i]};
     }
   }
   size_t c = 0;
-  int64_t remaining = chunks.empty() ? 1 : chunks[0].first;
+  int64_t remaining = n_chunks == 0 ? 1 : chunks[0].first;
   for (int i = 0; i < int(shape.size()); ++i) {
     const int64_t d = shape[i];
     if (d == 1) {
       out[i] = 0;
       continue;
     }
-    if (c >= chunks.size() || remaining % d != 0) return false;
+    if (c >= n_chunks || remaining % d != 0) return false;
     remaining /= d;
     out[i] = chunks[c].second * remaining;
-    if (remaining == 1 && ++c < chunks.size()) remaining = chunks[c].first;
+    if (remaining == 1 && ++c < n_chunks) remaining = chunks[c].first;
   }
   // Size-1 dims get the stride they would have if contiguous after the next dim (harmless).
   for (int i = int(shape.size()) - 1; i >= 0; --i)

@@ -10,13 +10,11 @@
 #include <vector>
 
 #include "lmblocks/dtype.h"
+#include "lmblocks/shape.h"
 
 namespace lb {
 
-using Shape = std::vector<int64_t>;
-
 constexpr int64_t kAlignment = 64;
-constexpr int kMaxDims = 8;
 
 class Tensor {
  public:
