@@ -37,8 +37,8 @@ void parallel_for(int64_t n, int64_t grain, F&& fn) {
 }
 
 // ---- Scratch buffers -------------------------------------------------------------------------
-// 64-byte aligned memory for tensors and kernel scratch. Large blocks (>= 64 KiB) are kept after
-// they are freed, by size, up to 512 MiB, so a forward pass that allocates the same sizes every call
+// 64-byte aligned memory for tensors and kernel scratch. Blocks are kept after they are freed, by
+// size, up to 512 MiB in all, so a forward pass that allocates the same sizes every call
 // does not map and fault in fresh pages each time. release_buffers() hands the kept blocks back.
 void* buffer_alloc(size_t bytes);
 void buffer_free(void* p, size_t bytes) noexcept;

@@ -1,8 +1,9 @@
-// Large scratch buffers kept for reuse. A forward pass allocates the same sizes layer after layer and
-// call after call (activations of N tokens, their int16 copies); glibc serves blocks above its mmap
-// threshold with fresh mappings, so every such allocation paid page faults and zeroing by the kernel
-// (15% of a 512-token prefill). Freed blocks of at least kMinBytes wait here, by exact size, up to
-// kMaxCached bytes in total; smaller ones go straight to malloc, which recycles them well.
+// Scratch buffers kept for reuse. A forward pass allocates the same sizes layer after layer and
+// call after call (activations of N tokens, their int16 copies, per-call kernel scratch). glibc
+// serves blocks above its mmap threshold with fresh mappings, so every such allocation paid page
+// faults and zeroing by the kernel (15% of a 512-token prefill); below it, aligned requests walk
+// its bins and consolidate its fast bins (3% of a SmolLM2 decode step, ~1,600 buffers a token).
+// Freed blocks of every size wait here, by exact size, up to kMaxCached bytes in total.
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
@@ -15,7 +16,7 @@
 namespace lb {
 namespace {
 
-constexpr size_t kAlign = 64, kMinBytes = size_t(64) << 10, kMaxCached = size_t(512) << 20;
+constexpr size_t kAlign = 64, kMaxCached = size_t(512) << 20;
 
 struct Cache {
   std::mutex mu;
@@ -34,7 +35,7 @@ size_t rounded(size_t bytes) { return (std::max<size_t>(bytes, 1) + kAlign - 1) 
 
 void* buffer_alloc(size_t bytes) {
   const size_t n = rounded(bytes);
-  if (n >= kMinBytes) {
+  {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
     auto it = c.free.find(n);
@@ -53,7 +54,7 @@ void* buffer_alloc(size_t bytes) {
 void buffer_free(void* p, size_t bytes) noexcept {
   if (!p) return;
   const size_t n = rounded(bytes);
-  if (n >= kMinBytes) {
+  {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
     if (c.bytes + n <= kMaxCached) {
