@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,7 +17,8 @@ int num_threads();
 void set_num_threads(int n);  // n >= 1; not to be called while ops run on other threads
 
 // Calls fn(begin, end) over [0, n) in chunks of at least `grain`, on the pool. Runs inline when
-// one thread suffices. fn must not throw.
+// one thread suffices. If fn throws, the caller gets the (first) exception once the loop has ended;
+// which other chunks ran is unspecified.
 template <class F>
 void parallel_for(int64_t n, int64_t grain, F&& fn);
 
@@ -35,6 +37,22 @@ void parallel_for(int64_t n, int64_t grain, F&& fn) {
   auto tramp = [](void* ctx, int64_t b, int64_t e) { (*static_cast<std::remove_reference_t<F>*>(ctx))(b, e); };
   parallel_for_impl(n, grain, tramp, const_cast<void*>(static_cast<const void*>(&fn)));
 }
+
+// While one is alive, parallel_for calls from the thread that made it run on workers that wait for
+// them spinning, not asleep in the pool: a forward pass runs hundreds of short loops (a SmolLM2
+// decode step ~210, each a few microseconds), and a tbb::parallel_for costs ~2 us a call, about as
+// much as the work. Wrap whole forward passes, not single ops; the workers spin (a core each) until
+// it ends. Nested phases, and phases begun inside a parallel loop, do nothing.
+class ParallelPhase {
+ public:
+  ParallelPhase();
+  ~ParallelPhase();
+  ParallelPhase(const ParallelPhase&) = delete;
+  ParallelPhase& operator=(const ParallelPhase&) = delete;
+
+ private:
+  std::shared_ptr<void> phase_;  // shared with the workers, which may start after it ends
+};
 
 // ---- Scratch buffers -------------------------------------------------------------------------
 // 64-byte aligned memory for tensors and kernel scratch. Blocks are kept after they are freed, by

@@ -333,6 +333,7 @@ Tensor CausalLM::forward(KVCache& cache, const Tensor& tokens, const Tensor& seq
                        std::to_string(r.pos0 + r.n) + " tokens (" + std::to_string(r.pos0) + " cached + " +
                        std::to_string(r.n) + " new), more than the context of " + std::to_string(cache.n_ctx()));
 
+  const ParallelPhase phase;  // the pool's workers stay awake from one layer's loops to the next
   const int64_t R = int64_t(runs.size());
   Tensor out = logits == Logits::all ? Tensor::empty({N, V}) : logits == Logits::last ? Tensor::empty({R, V}) : Tensor();
   // Chunks of at most n_batch tokens (what the sliding-window rings are sized for).
