@@ -142,6 +142,45 @@ def test_packed_rows_read_back_bit_for_bit(rng, name, K):
     np.testing.assert_array_equal(lb._core.quant.packed_dequantize(w), dequantize(w))
 
 
+@pytest.mark.skipif(not lb._core.quant.packable("q4_0"), reason="weights are repacked only where the avx512 kernels run")
+@pytest.mark.parametrize("K", [256, 768])
+@pytest.mark.parametrize("M", [1, 3, 6, 27])
+def test_one_input_through_several_packed_weights(rng, K, M):
+    """ops::linears, which q/k/v and gate/up go through: x quantized once, one job over every weight's
+    groups (37 and 50 rows: groups split across weights and threads), each product the scalar spec's, bias
+    added; and the float64 product of the dequantized weights within the activation-quantization bound."""
+    names, rows = ["q4_0", "q8_0", "q4_k", "q6_k"], [37, 16, 50, 3]
+    ws = [_random_tensor(rng, n, (r, K))[0] for n, r in zip(names, rows)]
+    bs = [None, rng.standard_normal(16, dtype=np.float32), None, rng.standard_normal(3, dtype=np.float32)]
+    x = rng.standard_normal((M, K), dtype=np.float32) * rng.uniform(0.1, 10, (M, 1)).astype(np.float32)
+    x[0, :5] *= 40
+    got = lb._core.quant.linears(x, ws, bs)
+    assert [g.shape for g in got] == [(M, r) for r in rows]
+    for g, w, b in zip(got, ws, bs):
+        w64 = dequantize(w).astype(np.float64)
+        ref = lb._core.quant.qlinear(x, w, True) + (0 if b is None else b)
+        scale = np.abs(x).astype(np.float64) @ np.abs(w64).T
+        np.testing.assert_array_less(np.abs(g - ref), 1e-5 * scale + 1e-6)
+        want = x.astype(np.float64) @ w64.T + (0 if b is None else b)
+        assert np.all(np.abs(g - want) <= quantization_bound(x, w64) + 1e-5 * scale + 1e-6)
+
+
+def test_several_weights_fall_back_to_linear_one_at_a_time(rng):
+    """Weights that are not a model's packed matrices (an f32 one here, unregistered blocks) go through
+    linear() each; a bias list of the wrong length is refused."""
+    w_q, _ = _random_tensor(rng, "q4_0", (20, 64))
+    w_f = lb.empty(7, 64, dtype="f32")
+    np.asarray(w_f)[...] = rng.standard_normal((7, 64), dtype=np.float32)
+    x = rng.standard_normal((5, 64), dtype=np.float32)
+    got = lb._core.quant.linears(x, [w_q, w_f], [None, None], packed=False)
+    np.testing.assert_allclose(got[1], x.astype(np.float64) @ np.asarray(w_f, np.float64).T, rtol=1e-5, atol=1e-5)
+    w64 = dequantize(w_q).astype(np.float64)
+    slack = 1e-5 * (np.abs(x).astype(np.float64) @ np.abs(w64).T)
+    assert np.all(np.abs(got[0] - x.astype(np.float64) @ w64.T) <= quantization_bound(x, w64) + slack)
+    with pytest.raises(ValueError, match="1 biases for 2 weights"):
+        lb._core.quant.linears(x, [w_q, w_f], [None], packed=False)
+
+
 def int8_activations(x):
     """NumPy's model of activations quantized with bits=8, in float32 as the kernels do it: per block of 32,
     d = max|x| / 127, q = round-half-even(x * (127 / max|x|)); returns the values d * q as float64."""

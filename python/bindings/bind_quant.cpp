@@ -48,6 +48,28 @@ void bind_quant(py::module_ m) {
       },
       py::arg("x"), py::arg("dtype"), "A new Tensor of block type dtype (see lmblocks.quant.quantize).");
   m.def(
+      "linears",
+      [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const std::vector<Tensor>& ws,
+         const std::vector<py::object>& bs, bool packed) {
+        const Tensor tx = to_tensor(x, "linears", "x");
+        std::vector<Tensor> biases;
+        for (const auto& b : bs) biases.push_back(to_tensor_opt(b, "linears", "bias"));
+        std::vector<Tensor> ys;
+        {
+          py::gil_scoped_release nogil;
+          std::vector<std::shared_ptr<ops::PackedWeight>> keep;  // registered while they live: this call
+          if (packed)
+            for (const Tensor& w : ws) ops::register_packed(w, keep.emplace_back(ops::pack_weight(w)));
+          ys = ops::linears(tx, ws, biases);
+        }
+        py::list out;
+        for (const Tensor& y : ys) out.append(wrap_result(y, x, py::none()));
+        return out;
+      },
+      py::arg("x"), py::arg("weights"), py::arg("biases"), py::arg("packed") = true,
+      "lb::ops::linears (one x through several weights) with each weight repacked and registered as a "
+      "model's matrix for the call (packed=True), or as given. For tests; blocks call it for q/k/v and gate/up.");
+  m.def(
       "qlinear",
       [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const Tensor& w, bool reference,
          bool packed, int bits) {

@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -124,6 +125,14 @@ struct LowRank {
 };
 // x W^T + bias + (x A^T) B^T (the adapter part only when the adapter is defined).
 Tensor project(const Tensor& x, const Tensor& w, const Tensor& bias, const LowRank& adapter);
+// Several projections of one x, in order: their products share one quantization of x and one parallel
+// job where the weights allow (ops::linears), e.g. q/k/v or gate/up.
+struct Projection {
+  const Tensor& weight;
+  const Tensor& bias;
+  const LowRank& adapter;
+};
+std::vector<Tensor> project(const Tensor& x, std::initializer_list<Projection> projections);
 
 struct AttentionConfig {
   int64_t n_heads = 0, n_kv_heads = 0, head_dim = 0;

@@ -3,6 +3,7 @@
 // same memory as an elementwise input (in place) but may not partly overlap any input.
 // Shape letters: B batch, T query tokens, S key tokens, H heads, Hkv kv heads, hd head dim, D model dim.
 #pragma once
+#include <span>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,10 @@ namespace lb::ops {
 Tensor matmul(const Tensor& a, const Tensor& b, Tensor out = {});
 // x (..., K) @ weight (N, K)^T + bias (N,) -> (..., N)
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = {}, Tensor out = {});
+// linear(x, weights[i], biases[i]) for each i (biases: empty, or one per weight, undefined for none).
+// Where every weight is a model's matrix repacked at load, x is quantized and packed once and all the
+// products run as one parallel job: q/k/v, gate/up. Anything else takes linear() one weight at a time.
+std::vector<Tensor> linears(const Tensor& x, std::span<const Tensor> weights, std::span<const Tensor> biases = {});
 
 // x (..., D) / sqrt(mean(x^2) + eps) * (offset + weight (D,)); no weight means 1. Gemma uses offset 1.
 Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps, float offset = 0.f, Tensor out = {});

@@ -54,6 +54,7 @@ void qlinear_rows(const QuantizedRows& a, DType type, const std::byte* w, int64_
 // elements of each of the 16 rows, and whose scales sit together as vectors over the rows. Types:
 // q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k. An f16/bf16 entry holds no data: it marks a model's
 // matrix as one whose prefill may round weights to 12 bits per chunk (qlinear_fast).
+inline constexpr int64_t kPackedGroupRows = 16;  // rows per group of a PackedWeight
 struct PackedWeight {
   DType type;
   int64_t N = 0, K = 0, group_bytes = 0;

@@ -131,9 +131,10 @@ void Attention::set_adapter(const std::string& proj, LowRank a) {
 
 Tensor Attention::forward(Context& ctx, const Tensor& x) {
   const int64_t N = ctx.N, H = cfg.n_heads, Hkv = cfg.n_kv_heads, hd = cfg.head_dim, G = H / Hkv;
-  Tensor q = project(x, q_proj, q_bias, q_lora);  // (N, H*hd)
-  Tensor k = project(x, k_proj, k_bias, k_lora);  // (N, Hkv*hd)
-  Tensor v = project(x, v_proj, v_bias, v_lora);  // (N, Hkv*hd)
+  std::vector<Tensor> qkv = project(x, {{q_proj, q_bias, q_lora}, {k_proj, k_bias, k_lora}, {v_proj, v_bias, v_lora}});
+  Tensor q = std::move(qkv[0]);  // (N, H*hd)
+  Tensor k = std::move(qkv[1]);  // (N, Hkv*hd)
+  Tensor v = std::move(qkv[2]);  // (N, Hkv*hd)
   if (q_norm.defined()) {  // per head, or over the whole row when the weight covers every head
     Tensor qh = q_norm.dim(0) == hd ? q.view({N * H, hd}) : q;
     ops::rms_norm(qh, q_norm, cfg.qk_norm_eps, cfg.qk_norm_offset, qh);

@@ -25,11 +25,28 @@ std::vector<std::pair<std::string, Tensor>> Linear::weights() const {
   return {{"weight", weight}};
 }
 
-Tensor project(const Tensor& x, const Tensor& w, const Tensor& bias, const LowRank& a) {
-  Tensor y = ops::linear(x, w, bias);
+namespace {
+
+Tensor add_adapter(const Tensor& x, Tensor& y, const LowRank& a) {
   if (!a.defined()) return y;
   const Tensor low = ops::linear(x, a.A);  // (N, r)
   return ops::add(y, ops::linear(low, a.B), y);
+}
+
+}  // namespace
+
+Tensor project(const Tensor& x, const Tensor& w, const Tensor& bias, const LowRank& a) {
+  Tensor y = ops::linear(x, w, bias);
+  return add_adapter(x, y, a);
+}
+
+std::vector<Tensor> project(const Tensor& x, std::initializer_list<Projection> ps) {
+  std::vector<Tensor> ws, bs;
+  for (const Projection& p : ps) ws.push_back(p.weight), bs.push_back(p.bias);
+  std::vector<Tensor> ys = ops::linears(x, ws, bs);
+  size_t i = 0;
+  for (const Projection& p : ps) ys[i] = add_adapter(x, ys[i], p.adapter), ++i;
+  return ys;
 }
 
 ConcatEmbeddings::ConcatEmbeddings(int64_t d, int64_t de) : dim(d), embed_dim(de) {

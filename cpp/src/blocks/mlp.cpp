@@ -89,12 +89,13 @@ void MLP::set_adapter(const std::string& proj, LowRank a) {
 }
 
 Tensor MLP::forward(Context&, const Tensor& x) {
-  Tensor u = project(x, up_proj, up_bias, up_lora);  // (N, F)
+  Tensor u;  // (N, F)
   if (gate_proj.defined()) {
-    Tensor g = project(x, gate_proj, gate_bias, gate_lora);
-    activate_gated(g, u, act);
-    u = g;
+    std::vector<Tensor> gu = project(x, {{gate_proj, gate_bias, gate_lora}, {up_proj, up_bias, up_lora}});
+    activate_gated(gu[0], gu[1], act);
+    u = gu[0];
   } else {
+    u = project(x, up_proj, up_bias, up_lora);
     activate(u, act);
   }
   return project(u, down_proj, down_bias, down_lora);  // (N, D)

@@ -262,5 +262,63 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, Ten
   return out;
 }
 
+std::vector<Tensor> linears(const Tensor& x, std::span<const Tensor> weights, std::span<const Tensor> biases) {
+  if (!biases.empty() && biases.size() != weights.size())
+    throw ValueError("linears: " + std::to_string(biases.size()) + " biases for " + std::to_string(weights.size()) +
+                     " weights; pass one per weight (undefined for none) or none");
+  const auto bias = [&](size_t i) { return biases.empty() ? Tensor() : biases[i]; };
+  const bool x_ok = x.defined() && x.dtype() == DType::f32 && x.ndim() >= 1 && x.numel() > 0;
+  const int64_t K = x_ok ? x.dim(-1) : 0, M = x_ok ? x.numel() / K : 0;
+  std::vector<std::shared_ptr<const PackedWeight>> packed;
+  if (x_ok && K % 32 == 0 && activation_quantization()) {
+    for (size_t i = 0; i < weights.size(); ++i) {
+      const Tensor& w = weights[i];
+      const Tensor b = bias(i);
+      if (!w.defined() || w.ndim() != 2 || w.dim(1) != K || !packable(w.dtype()) || !qlinear_fast(w.dtype(), M) ||
+          (b.defined() && (b.dtype() != DType::f32 || b.ndim() != 1 || b.dim(0) != w.dim(0))))
+        break;
+      auto p = find_packed(w);
+      if (!p) break;
+      packed.push_back(std::move(p));
+    }
+  }
+  std::vector<Tensor> ys;
+  ys.reserve(weights.size());
+  if (weights.empty() || packed.size() != weights.size()) {  // one at a time, with linear's checks and errors
+    for (size_t i = 0; i < weights.size(); ++i) ys.push_back(linear(x, weights[i], bias(i)));
+    return ys;
+  }
+  const Tensor xc = detail::f32_contiguous(x, "linears", "x");
+  const QuantizedRows q = quantize_rows(xc.data<float>(), M, K, K, false, activation_bits_for(M));
+  const PackedActivations a = pack_activations(q.q.data(), q.d.data(), q.s.data(), M, K, q.bits);
+  std::vector<int64_t> first{0};  // weight i's 16-row groups are [first[i], first[i + 1]) of the job
+  for (const auto& p : packed) {
+    Shape shape = x.shape();
+    shape.back() = p->N;
+    ys.push_back(Tensor::empty(shape));
+    first.push_back(first.back() + (p->N + kPackedGroupRows - 1) / kPackedGroupRows);
+  }
+  // One contiguous run of groups per thread, across the weights' boundaries.
+  parallel_for(first.back(), 1, [&](int64_t g0, int64_t g1) {
+    for (size_t i = 0; i < packed.size(); ++i) {
+      const int64_t lo = std::max(g0, first[i]), hi = std::min(g1, first[i + 1]);
+      if (lo < hi) qlinear_packed_groups(a, *packed[i], lo - first[i], hi - first[i], ys[i].data<float>(), packed[i]->N);
+    }
+  });
+  for (size_t i = 0; i < ys.size(); ++i) {
+    const Tensor b = bias(i);
+    if (!b.defined()) continue;
+    const Tensor bc = detail::f32_contiguous(b, "linears", "bias");
+    const float* bp = bc.data<float>();
+    float* yp = ys[i].data<float>();
+    const int64_t N = packed[i]->N;
+    detail::for_rows(M, N, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t n = 0; n < N; ++n) yp[r * N + n] = bp[n] + yp[r * N + n];
+    });
+  }
+  return ys;
+}
+
 }  // namespace lb::ops
 #endif

@@ -60,7 +60,7 @@ constexpr float kAct8Max = 127.f;
 // q4_k/q5_k d[16] dmin[16] sc[8][16] m[8][16] | 8 x (nibbles | (fifth));  q6_k d[16] sc[16][16] | 8 x (nibbles |
 // high bits). d, m, dmin: raw f16; sc, m: the 6-bit sub-block values as bytes (q6_k: int8). Packed sizes
 // equal the original's, but for q4_k/q5_k (+2.8%: unpacked 6-bit scales).
-constexpr int kGroup = 16;
+constexpr int kGroup = int(ops::kPackedGroupRows);
 
 constexpr bool is_k_type(DType t) { return t == DType::q4_k || t == DType::q5_k || t == DType::q6_k; }
 constexpr int64_t unit_chunks(DType t) { return is_k_type(t) ? 8 : 1; }
