@@ -9,9 +9,10 @@ memory a pure SSM keeps against a transformer's KV cache.
    logits) and greedy decode of 32 tokens after a 512-token prompt, interleaved rounds, medians.
    transformers runs its torch path (no mamba_ssm / causal_conv1d kernels on CPU), the one a
    researcher gets. Issue 6's bars: prefill >= 20x, decode >= 10x. lmblocks also runs the same
-   checkpoint with its projections and embedding quantized to q8_0 (`lb.quantize_model`), a row of
-   its own (and its prefill once more with int8 activations, lb.set_activation_bits(8), llama.cpp's
-   precision): the float32 rows compare like with like. The machine's ceilings are measured in the same
+   checkpoint with its projections and embedding quantized to q8_0 and to q4_0 (`lb.quantize_model`),
+   columns of their own (and each one's prefill once more with int8 activations,
+   lb.set_activation_bits(8), llama.cpp's precision), as issue 4 compares our Q4_1 SmolLM2 with
+   transformers' float32: the float32 column compares like with like. The machine's ceilings are measured in the same
    run (peak FMA rate, DRAM read bandwidth), and the report says what each bar would need of them.
 2. Memory: the recurrent state of that Mamba2 model per sequence against the KV cache of an
    equal-width Llama-style transformer (24 layers, 12 heads of 64, f16 cache) at 1k, 8k and 32k tokens,
@@ -40,6 +41,7 @@ import report  # noqa: E402
 
 SHAPE = dict(hidden_size=768, num_hidden_layers=24, num_heads=24, head_dim=64, state_size=128, n_groups=1,
              expand=2, conv_kernel=4, vocab_size=50280, chunk_size=256, tie_word_embeddings=True)
+QUANTS = ("q8_0", "q4_0")  # our quantized copies of the checkpoint (lb.quantize_model), each a column
 QUICK = dict(SHAPE, hidden_size=256, num_hidden_layers=4, num_heads=8, vocab_size=8192)
 
 
@@ -69,25 +71,31 @@ def bench_engines(shape: dict, threads: int, rounds: int, prefills, n_decode: in
     with tempfile.TemporaryDirectory() as tmp:
         ref = make_checkpoint(shape, pathlib.Path(tmp))
         ours = lb.load(tmp, verbose=False)
-        q8 = lb.quantize_model(ours, "q8_0", verbose=False)
+        quantized = {q: lb.quantize_model(ours, q, verbose=False) for q in QUANTS}
+    # our engines: float32, each quantized copy, and each quantized copy's prefill with int8 activations
+    # (llama.cpp's activation precision; decode stays int16, where it is bandwidth-bound anyway)
+    engines = {"lmblocks": (ours, 16), **{f"lmblocks_{q}": (m, 16) for q, m in quantized.items()}}
+    prefill_engines = {**engines, **{f"lmblocks_{q}_int8": (m, 8) for q, m in quantized.items()}}
     V = shape["vocab_size"]
     rng = np.random.default_rng(0)
+
+    def with_bits(bits, fn):
+        lb.set_activation_bits(bits)
+        try:
+            return fn()
+        finally:
+            lb.set_activation_bits(16)
+
     out: dict = {}
     for T in prefills:
-        ids = rng.integers(0, V, T)
-        o, q, q_int8, t = [], [], [], []
+        ids = rng.integers(0, V, T).astype(np.int32)
+        runs: dict = {k: [] for k in (*prefill_engines, "transformers")}
         for _ in range(rounds):
-            o.append(T / timed(lambda: ours.forward(ours.new_cache(1, T), ids.astype(np.int32))))
-            q.append(T / timed(lambda: q8.forward(q8.new_cache(1, T), ids.astype(np.int32))))
-            lb.set_activation_bits(8)  # llama.cpp's activation precision for the q8_0 projections
-            try:
-                q_int8.append(T / timed(lambda: q8.forward(q8.new_cache(1, T), ids.astype(np.int32))))
-            finally:
-                lb.set_activation_bits(16)
+            for name, (m, bits) in prefill_engines.items():
+                runs[name].append(T / with_bits(bits, lambda: timed(lambda: m.forward(m.new_cache(1, T), ids))))
             with torch.no_grad():
-                t.append(T / timed(lambda: ref(torch.from_numpy(ids)[None], logits_to_keep=1)))
-        out[f"prefill{T}"] = {"lmblocks": statistics.median(o), "lmblocks_q8_0": statistics.median(q),
-                              "lmblocks_q8_0_int8": statistics.median(q_int8), "transformers": statistics.median(t)}
+                runs["transformers"].append(T / timed(lambda: ref(torch.from_numpy(ids).long()[None], logits_to_keep=1)))
+        out[f"prefill{T}"] = {k: statistics.median(v) for k, v in runs.items()}
     prompt = rng.integers(0, V, 512)
 
     def ours_decode(model):
@@ -108,18 +116,15 @@ def bench_engines(shape: dict, threads: int, rounds: int, prefills, n_decode: in
             cache, tok = r.cache_params, r.logits[0, -1].argmax()
         return n_decode / (time.perf_counter() - t0)
 
-    d_o, d_q, d_t = [], [], []
+    runs = {k: [] for k in (*engines, "transformers")}
     for _ in range(rounds):
-        d_o.append(ours_decode(ours))
-        d_q.append(ours_decode(q8))
-        d_t.append(torch_decode())
-    out["decode"] = {"lmblocks": statistics.median(d_o), "lmblocks_q8_0": statistics.median(d_q),
-                     "transformers": statistics.median(d_t)}
+        for name, (m, _) in engines.items():
+            runs[name].append(ours_decode(m))
+        runs["transformers"].append(torch_decode())
+    out["decode"] = {k: statistics.median(v) for k, v in runs.items()}
     for v in out.values():
-        v["ratio"] = v["lmblocks"] / v["transformers"]
-        v["ratio_q8_0"] = v["lmblocks_q8_0"] / v["transformers"]
-        if "lmblocks_q8_0_int8" in v:
-            v["ratio_q8_0_int8"] = v["lmblocks_q8_0_int8"] / v["transformers"]
+        for k in [k for k in v if k.startswith("lmblocks")]:
+            v["ratio" + k[len("lmblocks"):]] = v[k] / v["transformers"]
     return out
 
 
@@ -156,13 +161,19 @@ def memory(shape: dict) -> dict:
 
 def render(rec: dict) -> str:
     c, need = rec["ceilings"], per_token(rec["shape"])
+    quants = rec.get("quants", ["q8_0"])
     lines = [f"## State-space models (`{rec.get('command', 'bench/ssm.py')}`, {rec['utc']})", "",
              f"{rec['cpu']}; Mamba2 {rec['shape']['hidden_size']}x{rec['shape']['num_hidden_layers']} "
              f"random weights; median of {rec['rounds']} interleaved rounds; transformers' torch path in float32. "
              "Measured in the same run: peak FMA " + ", ".join(f"{v:.0f} GFLOP/s at {n}T" for n, v in c["fma_gflops"].items())
              + "; DRAM read " + ", ".join(f"{v:.1f} GB/s at {n}T" for n, v in c["dram_read_gbs"].items()) + ".", "",
-             "| threads | figure | transformers f32 tok/s | lmblocks f32 tok/s | ratio (bar) | lmblocks q8_0 tok/s | ratio |"
-             " q8_0, int8 activations (prefill) | what the bar needs in f32 |", "|---|---|---|---|---|---|---|---|---|"]
+             "| threads | figure | transformers f32 tok/s | lmblocks f32 tok/s | ratio (bar) | "
+             + " | ".join(f"{q} (ratio) | {q}, int8 act. (ratio)" for q in quants) + " | what the bar needs in f32 |",
+             "|---" * (6 + 2 * len(quants)) + "|"]
+
+    def cell(v, key):
+        return f"{v['lmblocks' + key]:.1f} ({v['ratio' + key]:.1f}x)" if "lmblocks" + key in v else "–"
+
     for n, res in rec["threads"].items():
         for k, v in res.items():
             bar = 10 if k == "decode" else 20
@@ -171,9 +182,9 @@ def render(rec: dict) -> str:
                 needs = f"{want * need['decode_bytes'] / 1e9:.0f} GB/s of weights (DRAM {c['dram_read_gbs'][n]:.0f})"
             else:
                 needs = f"{want * need['prefill_flops'] / 1e9:.0f} GFLOP/s in matmuls (peak {c['fma_gflops'][n]:.0f})"
-            int8 = f"{v['lmblocks_q8_0_int8']:.1f} ({v['ratio_q8_0_int8']:.1f}x)" if "ratio_q8_0_int8" in v else "–"
             lines.append(f"| {n} | {k} | {v['transformers']:.1f} | {v['lmblocks']:.1f} | {v['ratio']:.1f}x (>= {bar}x) | "
-                         f"{v['lmblocks_q8_0']:.1f} | {v['ratio_q8_0']:.1f}x | {int8} | {needs} |")
+                         + " | ".join(f"{cell(v, '_' + q)} | {cell(v, '_' + q + '_int8')}" for q in quants)
+                         + f" | {needs} |")
     lines += ["", "| context | Mamba2 state (per sequence) | equal-width transformer KV (f16) |", "|---|---|---|"]
     for n, m in rec["memory"].items():
         lines.append(f"| {n} | {m['ssm_state_bytes'] / 2**20:.2f} MiB | {m['transformer_kv_bytes'] / 2**20:.1f} MiB |")
@@ -193,7 +204,7 @@ def main(argv=None) -> None:
     rounds = 1 if args.quick else args.rounds
     prefills = (128,) if args.quick else (512, 2048)
     rec = {"utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-           "cpu": lb.cpu_info().get("model"), "shape": shape, "rounds": rounds, "threads": {},
+           "cpu": lb.cpu_info().get("model"), "shape": shape, "rounds": rounds, "quants": list(QUANTS), "threads": {},
            "command": "bench/ssm.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     print("measuring the machine's ceilings ...", flush=True)
     ceil = ceilings.measure(threads=tuple(args.threads), quick=args.quick)
