@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "lmblocks/runtime.h"
@@ -54,7 +55,6 @@ void qlinear_rows(const QuantizedRows& a, DType type, const std::byte* w, int64_
 // elements of each of the 16 rows, and whose scales sit together as vectors over the rows. Types:
 // q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k. An f16/bf16 entry holds no data: it marks a model's
 // matrix as one whose prefill may round weights to 12 bits per chunk (qlinear_fast).
-inline constexpr int64_t kPackedGroupRows = 16;  // rows per group of a PackedWeight
 struct PackedWeight {
   DType type;
   int64_t N = 0, K = 0, group_bytes = 0;
@@ -87,6 +87,9 @@ PackedActivations pack_activations(const int16_t* q, const float* d, const float
 // Columns [16 g0, min(16 g1, N)) of y (M, N), rows ldy apart, = a @ W^T, on the calling thread.
 void qlinear_packed_groups(const PackedActivations& a, const PackedWeight& w, int64_t g0, int64_t g1, float* y,
                            int64_t ldy);
+// ys[i] (M, ws[i]->N) row-major = a @ Wi^T for every weight, as one parallel job over all their groups
+// (q/k/v, gate/up: ops::linears). qlinear_packed is its one-weight case.
+void qlinear_packed(const PackedActivations& a, std::span<const PackedWeight* const> ws, std::span<float* const> ys);
 
 // y (M, N) = x @ W^T for W (N, K) of f16 or bf16 with rows `row_bytes` apart, x rows `ldx` apart:
 // each weight row widened in registers (the decode path for f16/bf16 checkpoints).

@@ -290,21 +290,16 @@ std::vector<Tensor> linears(const Tensor& x, std::span<const Tensor> weights, st
   }
   const Tensor xc = detail::f32_contiguous(x, "linears", "x");
   const QuantizedRows q = quantize_rows(xc.data<float>(), M, K, K, false, activation_bits_for(M));
-  const PackedActivations a = pack_activations(q.q.data(), q.d.data(), q.s.data(), M, K, q.bits);
-  std::vector<int64_t> first{0};  // weight i's 16-row groups are [first[i], first[i + 1]) of the job
+  std::vector<const PackedWeight*> ws;
+  std::vector<float*> outs;
   for (const auto& p : packed) {
     Shape shape = x.shape();
     shape.back() = p->N;
     ys.push_back(Tensor::empty(shape));
-    first.push_back(first.back() + (p->N + kPackedGroupRows - 1) / kPackedGroupRows);
+    ws.push_back(p.get());
+    outs.push_back(ys.back().data<float>());
   }
-  // One contiguous run of groups per thread, across the weights' boundaries.
-  parallel_for(first.back(), 1, [&](int64_t g0, int64_t g1) {
-    for (size_t i = 0; i < packed.size(); ++i) {
-      const int64_t lo = std::max(g0, first[i]), hi = std::min(g1, first[i + 1]);
-      if (lo < hi) qlinear_packed_groups(a, *packed[i], lo - first[i], hi - first[i], ys[i].data<float>(), packed[i]->N);
-    }
-  });
+  qlinear_packed(pack_activations(q.q.data(), q.d.data(), q.s.data(), M, K, q.bits), ws, outs);
   for (size_t i = 0; i < ys.size(); ++i) {
     const Tensor b = bias(i);
     if (!b.defined()) continue;

@@ -60,7 +60,7 @@ constexpr float kAct8Max = 127.f;
 // q4_k/q5_k d[16] dmin[16] sc[8][16] m[8][16] | 8 x (nibbles | (fifth));  q6_k d[16] sc[16][16] | 8 x (nibbles |
 // high bits). d, m, dmin: raw f16; sc, m: the 6-bit sub-block values as bytes (q6_k: int8). Packed sizes
 // equal the original's, but for q4_k/q5_k (+2.8%: unpacked 6-bit scales).
-constexpr int kGroup = int(ops::kPackedGroupRows);
+constexpr int kGroup = 16;
 
 constexpr bool is_k_type(DType t) { return t == DType::q4_k || t == DType::q5_k || t == DType::q6_k; }
 constexpr int64_t unit_chunks(DType t) { return is_k_type(t) ? 8 : 1; }
@@ -1479,11 +1479,22 @@ void qlinear_packed_groups(const PackedActivations& a, const PackedWeight& w, in
 #endif
 }
 
+void qlinear_packed(const PackedActivations& a, std::span<const PackedWeight* const> ws, std::span<float* const> ys) {
+  std::vector<int64_t> first{0};  // weight i's groups are [first[i], first[i + 1]) of the job
+  for (const PackedWeight* w : ws) first.push_back(first.back() + (w->N + kernels::kGroup - 1) / kernels::kGroup);
+  // One contiguous run of groups per thread (the pool's partitioner is static), across the weights' boundaries.
+  parallel_for(first.back(), 1, [&](int64_t g0, int64_t g1) {
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const int64_t lo = std::max(g0, first[i]), hi = std::min(g1, first[i + 1]);
+      if (lo < hi) qlinear_packed_groups(a, *ws[i], lo - first[i], hi - first[i], ys[i], ws[i]->N);
+    }
+  });
+}
+
 void qlinear_packed(const QuantizedRows& a, const PackedWeight& w, float* y) {
-  const PackedActivations p = pack_activations(a.q.data(), a.d.data(), a.s.data(), a.M, a.K, a.bits);
-  // One contiguous run of groups per thread (the pool's partitioner is static).
-  parallel_for((w.N + kernels::kGroup - 1) / kernels::kGroup, 1,
-               [&](int64_t g0, int64_t g1) { qlinear_packed_groups(p, w, g0, g1, y, w.N); });
+  const PackedWeight* ws[] = {&w};
+  float* ys[] = {y};
+  qlinear_packed(pack_activations(a.q.data(), a.d.data(), a.s.data(), a.M, a.K, a.bits), ws, ys);
 }
 
 }  // namespace lb::ops
